@@ -1,0 +1,115 @@
+"""The one defaults tree. Every key a YAML file or the command line may set is declared here.
+
+Keys follow SlowFast's names where the concept exists there. A method adds its own sub-tree here
+(and nowhere else); models never read this tree, ``videodiff/models/build.py`` maps it to arguments.
+"""
+from fvcore.common.config import CfgNode
+
+_C = CfgNode()
+
+# ---------------------------------------------------------------- training
+_C.TRAIN = CfgNode()
+_C.TRAIN.ENABLE = True
+_C.TRAIN.DATASET = "kinetics"
+# Global batch size in *original* samples (repeated-augmentation copies are not counted).
+_C.TRAIN.BATCH_SIZE = 64
+_C.TRAIN.AUTO_RESUME = True
+# Save a checkpoint every this many epochs (the last epoch is always saved).
+_C.TRAIN.CHECKPOINT_PERIOD = 1
+# Evaluate on the validation split every this many epochs (0 = never).
+_C.TRAIN.EVAL_PERIOD = 1
+# Initialise from this checkpoint when there is nothing to resume from.
+_C.TRAIN.CHECKPOINT_FILE_PATH = ""
+# bf16 autocast on GPU (ignored on CPU, where fp32 is both faster and exact).
+_C.TRAIN.MIXED_PRECISION = True
+# Build the model, count parameters and FLOPs, run one forward/backward on a random batch of 1, exit.
+_C.TRAIN.DRY_RUN = False
+
+# ---------------------------------------------------------------- testing
+_C.TEST = CfgNode()
+_C.TEST.ENABLE = False
+_C.TEST.DATASET = "kinetics"
+_C.TEST.BATCH_SIZE = 64
+# Uniformly spaced temporal windows per video x spatial crops (left/centre/right) per window.
+_C.TEST.NUM_ENSEMBLE_VIEWS = 1
+_C.TEST.NUM_SPATIAL_CROPS = 1
+# Evaluate this checkpoint; empty = the newest one in OUTPUT_DIR/checkpoints.
+_C.TEST.CHECKPOINT_FILE_PATH = ""
+
+# ---------------------------------------------------------------- data
+_C.DATA = CfgNode()
+_C.DATA.PATH_TO_DATA_DIR = ""
+# Prepended to every path read from a CSV file.
+_C.DATA.PATH_PREFIX = ""
+_C.DATA.PATH_LABEL_SEPARATOR = " "
+_C.DATA.NUM_FRAMES = 16
+_C.DATA.SAMPLING_RATE = 4
+_C.DATA.TRAIN_CROP_SIZE = 224
+_C.DATA.TEST_CROP_SIZE = 224
+_C.DATA.DECODING_BACKEND = "pyav"
+_C.DATA.MEAN = [0.45, 0.45, 0.45]
+_C.DATA.STD = [0.225, 0.225, 0.225]
+# RandomResizedCrop area and aspect-ratio ranges.
+_C.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
+_C.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333]
+_C.DATA.RANDOM_FLIP = True
+
+_C.DATA_LOADER = CfgNode()
+_C.DATA_LOADER.NUM_WORKERS = 4
+_C.DATA_LOADER.PIN_MEMORY = True
+
+# ---------------------------------------------------------------- augmentation
+_C.AUG = CfgNode()
+# Repeated augmentation: clips drawn per decoded video (their copies share one decode).
+_C.AUG.NUM_SAMPLE = 1
+
+# ---------------------------------------------------------------- optimisation
+_C.SOLVER = CfgNode()
+_C.SOLVER.OPTIMIZING_METHOD = "adamw"
+# lr = BASE_LR x global batch (original samples) / 256.
+_C.SOLVER.BASE_LR = 1.5e-4
+_C.SOLVER.LR_POLICY = "cosine"
+_C.SOLVER.WARMUP_EPOCHS = 0.0
+# Absolute lr at the end of the cosine (not scaled by the batch size).
+_C.SOLVER.COSINE_END_LR = 0.0
+_C.SOLVER.MAX_EPOCH = 100
+_C.SOLVER.WEIGHT_DECAY = 0.05
+_C.SOLVER.BETAS = [0.9, 0.95]
+_C.SOLVER.MOMENTUM = 0.9
+# Max gradient norm; 0 disables clipping.
+_C.SOLVER.CLIP_GRAD = 0.0
+# Layer-wise lr decay (1.0 = off).
+_C.SOLVER.LAYER_DECAY = 1.0
+
+# ---------------------------------------------------------------- model
+_C.MODEL = CfgNode()
+_C.MODEL.MODEL_NAME = "VitClassifier"
+_C.MODEL.NUM_CLASSES = 400
+# Dropout before the classification layer.
+_C.MODEL.DROPOUT_RATE = 0.0
+_C.MODEL.LABEL_SMOOTHING = 0.0
+
+_C.VIT = CfgNode()
+_C.VIT.PATCH_SIZE = 16
+_C.VIT.TEMPORAL_PATCH_SIZE = 2
+_C.VIT.IN_CHANNELS = 3
+_C.VIT.EMBED_DIM = 768
+_C.VIT.DEPTH = 12
+_C.VIT.NUM_HEADS = 12
+_C.VIT.MLP_RATIO = 4.0
+_C.VIT.QKV_BIAS = True
+_C.VIT.DROP_PATH_RATE = 0.0
+
+# ---------------------------------------------------------------- run
+_C.OUTPUT_DIR = "./output"
+_C.RNG_SEED = 0
+# Log a json_stats line and a progress line every LOG_PERIOD iterations.
+_C.LOG_PERIOD = 10
+
+_C.TENSORBOARD = CfgNode()
+_C.TENSORBOARD.ENABLE = True
+
+
+def get_defaults() -> CfgNode:
+    """A fresh, mutable copy of the defaults tree."""
+    return _C.clone()

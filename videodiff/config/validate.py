@@ -1,0 +1,85 @@
+"""Value checks run on every merged config, before any work: one line naming the key, its source, what is allowed.
+
+Checks are data (a table of ranges and choices) plus a few cross-key rules; a method that adds keys adds rows.
+"""
+from typing import Callable, Dict, Sequence, Tuple
+
+from fvcore.common.config import CfgNode
+
+
+class ConfigError(ValueError):
+    """A config key has an unknown name, a wrong type, or an impossible value."""
+
+
+# key -> (predicate, what is allowed)
+_RANGES: Dict[str, Tuple[Callable, str]] = {}
+
+
+def _rule(keys: Sequence[str], check: Callable, allowed: str) -> None:
+    for key in keys:
+        _RANGES[key] = (check, allowed)
+
+
+_rule(["TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TRAIN_CROP_SIZE",
+       "DATA.TEST_CROP_SIZE", "AUG.NUM_SAMPLE", "SOLVER.MAX_EPOCH", "TEST.NUM_ENSEMBLE_VIEWS",
+       "TEST.NUM_SPATIAL_CROPS", "LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD", "VIT.PATCH_SIZE",
+       "VIT.TEMPORAL_PATCH_SIZE", "VIT.EMBED_DIM", "VIT.DEPTH", "VIT.NUM_HEADS", "VIT.IN_CHANNELS",
+       "MODEL.NUM_CLASSES"], lambda v: v >= 1, "an integer >= 1")
+_rule(["DATA_LOADER.NUM_WORKERS", "TRAIN.EVAL_PERIOD", "RNG_SEED"], lambda v: v >= 0, "an integer >= 0")
+_rule(["SOLVER.BASE_LR", "VIT.MLP_RATIO"], lambda v: v > 0, "a number > 0")
+_rule(["SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_EPOCHS", "SOLVER.CLIP_GRAD", "SOLVER.COSINE_END_LR",
+       "SOLVER.MOMENTUM"], lambda v: v >= 0, "a number >= 0")
+_rule(["VIT.DROP_PATH_RATE", "MODEL.DROPOUT_RATE", "MODEL.LABEL_SMOOTHING"], lambda v: 0 <= v < 1, "a number in [0, 1)")
+_rule(["SOLVER.LAYER_DECAY"], lambda v: 0 < v <= 1, "a number in (0, 1]")
+_rule(["SOLVER.OPTIMIZING_METHOD"], lambda v: v in ("adamw", "sgd"), "one of adamw, sgd")
+_rule(["SOLVER.LR_POLICY"], lambda v: v in ("cosine", "constant"), "one of cosine, constant")
+_rule(["DATA.DECODING_BACKEND"], lambda v: v in ("pyav", "decord", "torchcodec"), "one of pyav, decord, torchcodec")
+_rule(["SOLVER.BETAS"], lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+_rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+      "[min, max] with 0 < min <= max <= 1")
+_rule(["DATA.TRAIN_JITTER_ASPECT_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max")
+_rule(["DATA.STD"], lambda v: all(s > 0 for s in v), "positive numbers")
+
+
+def _get(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _cross_key_rules(cfg: CfgNode):
+    """Rules that relate two keys: yield (key, message) for each broken one."""
+    p, tp = cfg.VIT.PATCH_SIZE, cfg.VIT.TEMPORAL_PATCH_SIZE
+    for key in ("DATA.TRAIN_CROP_SIZE", "DATA.TEST_CROP_SIZE"):
+        size = _get(cfg, key)
+        if size % p:
+            valid = ", ".join(str(p * k) for k in range(max(1, size // p - 2), size // p + 3))
+            yield key, f"= {size} is not divisible by VIT.PATCH_SIZE = {p}; nearby valid sizes: {valid}"
+    if cfg.DATA.NUM_FRAMES % tp:
+        yield "DATA.NUM_FRAMES", f"= {cfg.DATA.NUM_FRAMES} is not divisible by VIT.TEMPORAL_PATCH_SIZE = {tp}"
+    if cfg.VIT.EMBED_DIM % cfg.VIT.NUM_HEADS:
+        yield "VIT.EMBED_DIM", f"= {cfg.VIT.EMBED_DIM} is not divisible by VIT.NUM_HEADS = {cfg.VIT.NUM_HEADS}"
+    for key in ("DATA.MEAN", "DATA.STD"):
+        if len(_get(cfg, key)) != cfg.VIT.IN_CHANNELS:
+            yield key, f"has {len(_get(cfg, key))} values but VIT.IN_CHANNELS = {cfg.VIT.IN_CHANNELS}"
+    if cfg.SOLVER.WARMUP_EPOCHS > cfg.SOLVER.MAX_EPOCH:
+        yield "SOLVER.WARMUP_EPOCHS", f"= {cfg.SOLVER.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCH = {cfg.SOLVER.MAX_EPOCH}"
+
+
+def validate_config(cfg: CfgNode, sources: Dict[str, str]) -> None:
+    """Raise ConfigError for the first impossible value, naming the key and where it was set."""
+
+    def where(key):
+        return sources.get(key, "defaults")
+
+    for key, (check, allowed) in _RANGES.items():
+        value = _get(cfg, key)
+        try:
+            ok = bool(check(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key} (from {where(key)}) = {value!r} is not allowed: expected {allowed}")
+    for key, message in _cross_key_rules(cfg):
+        raise ConfigError(f"{key} (from {where(key)}) {message}")
