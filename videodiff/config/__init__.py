@@ -3,6 +3,8 @@
 Every error is one line naming the key, where its value came from (file or command line) and what is
 allowed, and it is raised before any work starts.
 """
+import ast
+import difflib
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -88,7 +90,11 @@ def _merge_opts(cfg: CfgNode, opts: List[str], sources: Dict[str, str]) -> None:
 
 
 def _parse_literal(raw: str):
-    """Command-line values are YAML scalars/lists: ``3``, ``1e-4``, ``True``, ``[0.9,0.95]``, ``abc``."""
+    """Command-line values are Python or YAML literals: ``3``, ``1e-4``, ``True``, ``[0.9,0.95]``, ``abc``."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        pass
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -102,6 +108,8 @@ def _coerce(default, value, key: str, source: str):
             return value
     elif isinstance(default, float) and isinstance(value, (int, float)):
         return float(value)
+    elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
+        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return list(value)
     elif isinstance(value, type(default)):
@@ -113,10 +121,16 @@ def _coerce(default, value, key: str, source: str):
     )
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _unknown_key_message(node, full: str, part: str, source: str) -> str:
     if isinstance(node, CfgNode):
-        import difflib
-
         close = difflib.get_close_matches(part, list(node.keys()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; allowed here: {', '.join(sorted(node.keys()))}"
     else:
