@@ -91,6 +91,8 @@ def _merge_opts(cfg: CfgNode, opts: List[str], sources: Dict[str, str]) -> None:
 
 def _parse_literal(raw: str):
     """Command-line values are Python or YAML literals: ``3``, ``1e-4``, ``True``, ``[0.9,0.95]``, ``abc``."""
+    if not isinstance(raw, str):
+        return raw  # opts given from Python may already be typed
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):

@@ -22,6 +22,8 @@ _C.TRAIN.EVAL_PERIOD = 1
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""
 # bf16 autocast on GPU (ignored on CPU, where fp32 is both faster and exact).
 _C.TRAIN.MIXED_PRECISION = True
+# Autocast dtype on GPU: bfloat16 (no loss scaling needed) or float16 (uses a GradScaler).
+_C.TRAIN.AMP_DTYPE = "bfloat16"
 # Build the model, count parameters and FLOPs, run one forward/backward on a random batch of 1, exit.
 _C.TRAIN.DRY_RUN = False
 

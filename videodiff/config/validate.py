@@ -34,6 +34,7 @@ _rule(["SOLVER.LAYER_DECAY"], lambda v: 0 < v <= 1, "a number in (0, 1]")
 _rule(["SOLVER.OPTIMIZING_METHOD"], lambda v: v in ("adamw", "sgd"), "one of adamw, sgd")
 _rule(["SOLVER.LR_POLICY"], lambda v: v in ("cosine", "constant"), "one of cosine, constant")
 _rule(["DATA.DECODING_BACKEND"], lambda v: v in ("pyav", "decord", "torchcodec"), "one of pyav, decord, torchcodec")
+_rule(["TRAIN.AMP_DTYPE"], lambda v: v in ("bfloat16", "float16"), "one of bfloat16, float16")
 _rule(["SOLVER.BETAS"], lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
 _rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
       "[min, max] with 0 < min <= max <= 1")

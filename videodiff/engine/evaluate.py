@@ -1,0 +1,104 @@
+"""Evaluation: pretext loss and multi-view classification accuracy, exact across ranks.
+
+Each loader item is one (video index, view index). Scores are keyed by that pair and gathered from
+every rank, so a view is counted once even if a sampler repeats it; a video's score is the mean softmax
+over its views.
+"""
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from torch import nn
+
+from videodiff.engine.distributed import DistInfo, all_gather_objects
+from videodiff.engine.precision import autocast_for
+
+
+def has_split(cfg: CfgNode, split: str) -> bool:
+    """Whether the data dir holds this split (``{split}.csv`` for videos, ``{split}/`` for image folders)."""
+    root = cfg.DATA.PATH_TO_DATA_DIR
+    return os.path.isfile(os.path.join(root, f"{split}.csv")) or os.path.isdir(os.path.join(root, split))
+
+
+@torch.no_grad()
+def collect_outputs(model: nn.Module, loader, cfg: CfgNode, info: DistInfo):
+    """This rank's per-view softmax scores {(video, view): (probs, label)} and summed loss / count."""
+    model.eval()
+    scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]] = {}
+    loss_sum, count = 0.0, 0
+    for batch in loader:
+        clip = batch["clip"].to(info.device, non_blocking=True)
+        label = batch["label"].to(info.device, non_blocking=True)
+        with autocast_for(cfg, info.device):
+            out = model(clip, label)
+        if "loss" in out:
+            loss_sum += float(out["loss"]) * len(clip)
+            count += len(clip)
+        if "logits" in out:
+            probs = out["logits"].float().softmax(-1).cpu().numpy()
+            for video, view, p, y in zip(batch["index"].tolist(), batch["view"].tolist(), probs,
+                                         batch["label"].tolist()):
+                scores[(video, view)] = (p, y)
+    return scores, loss_sum, count
+
+
+def aggregate_views(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], views_expected: int) -> dict:
+    """Average softmax over each video's views; top-1 / top-5 accuracy and view coverage."""
+    per_video: Dict[int, list] = {}
+    for (video, _), (probs, label) in scores.items():
+        per_video.setdefault(video, [np.zeros_like(probs), 0, label])
+        per_video[video][0] += probs
+        per_video[video][1] += 1
+    if not per_video:
+        return {}
+    mean = np.stack([v[0] / v[1] for v in per_video.values()])
+    labels = np.array([v[2] for v in per_video.values()])
+    k = min(5, mean.shape[1])
+    top5 = np.argsort(-mean, axis=1)[:, :k]
+    views = np.array([v[1] for v in per_video.values()])
+    return {"top1_acc": float(100 * (top5[:, 0] == labels).mean()),
+            "top5_acc": float(100 * (top5 == labels[:, None]).any(1).mean()),
+            "num_videos": len(per_video), "views_per_video_min": int(views.min()),
+            "views_per_video_expected": views_expected}
+
+
+def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str, views_expected: int = 1) -> dict:
+    """Pretext loss and (for classifiers) multi-view accuracy over the whole split, identical on every rank."""
+    scores, loss_sum, count = collect_outputs(model, loader, cfg, info)
+    merged: dict = {}
+    total_loss, total_count = 0.0, 0
+    for rank_scores, rank_loss, rank_count in all_gather_objects((scores, loss_sum, count)):
+        merged.update(rank_scores)
+        total_loss += rank_loss
+        total_count += rank_count
+    result = {"split": split}
+    if total_count:
+        result["loss"] = total_loss / total_count
+    result.update(aggregate_views(merged, views_expected))
+    return result
+
+
+def run_test(cfg: CfgNode, info: DistInfo) -> dict:
+    """Multi-view test of TEST.CHECKPOINT_FILE_PATH (or the run's newest checkpoint) on the test split."""
+    from videodiff.data import build_loader
+    from videodiff.engine import checkpoint as ckpt
+    from videodiff.engine.logging import StatsWriter, logger
+    from videodiff.models.build import build_model
+
+    path = cfg.TEST.CHECKPOINT_FILE_PATH or ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR)
+    if not path:
+        raise ckpt.CheckpointError(f"TEST.ENABLE needs a checkpoint: TEST.CHECKPOINT_FILE_PATH is empty and "
+                                   f"{ckpt.checkpoint_dir(cfg.OUTPUT_DIR)} holds none")
+    model = build_model(cfg).to(info.device)
+    ckpt.load_model_state(model, ckpt.load_state(path)["model"], path)
+    loader = build_loader(cfg, "test", info.rank, info.world_size)
+    views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS
+    result = evaluate(model, loader, cfg, info, split="test_final", views_expected=views)
+    result["checkpoint"] = path
+    stats = StatsWriter(cfg.OUTPUT_DIR, info.is_main, tensorboard=False)
+    stats.write(result)
+    logger.info("test: " + " ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in result.items()))
+    return result

@@ -1,0 +1,47 @@
+"""Run one job: load the config, join the process group, train and/or test, exit with a status.
+
+Failures print one line with the reason (config errors before any work) and exit non-zero.
+"""
+import os
+import sys
+from typing import Sequence
+
+from videodiff.config import ConfigError, dump_config, load_config
+from videodiff.engine.checkpoint import CheckpointError
+from videodiff.engine.distributed import barrier, cleanup, init_distributed
+from videodiff.engine.logging import logger, setup_logging
+
+# Errors whose message already says what is wrong and where: no traceback needed.
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError)
+
+
+def run(cfg_file: str, opts: Sequence[str]) -> None:
+    cfg = load_config(cfg_file, opts)
+    info = init_distributed()
+    if cfg.TRAIN.BATCH_SIZE % info.world_size:
+        raise ConfigError(f"TRAIN.BATCH_SIZE = {cfg.TRAIN.BATCH_SIZE} is not divisible by the world size "
+                          f"{info.world_size}")
+    setup_logging(cfg.OUTPUT_DIR, info.is_main)
+    if info.is_main:
+        dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    logger.info(f"world size {info.world_size}, device {info.device}, output {cfg.OUTPUT_DIR}")
+    if cfg.TRAIN.ENABLE:
+        from videodiff.engine.train import train
+
+        train(cfg, info)
+        barrier()
+    if cfg.TEST.ENABLE:
+        from videodiff.engine.evaluate import run_test
+
+        run_test(cfg, info)
+
+
+def main(cfg_file: str, opts: Sequence[str]) -> int:
+    try:
+        run(cfg_file, opts)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+    return 0
