@@ -1,0 +1,86 @@
+"""Checkpoint files (atomic, newest-complete, safe loading, strict fit) and the lr schedule."""
+import os
+
+import pytest
+import torch
+
+from videodiff.config import load_config
+from videodiff.engine import checkpoint as ckpt
+from videodiff.engine.optim import build_optimizer, lr_at, scaled_lr
+from videodiff.models.classifier import VitClassifier
+
+TINY = dict(patch_size=8, t_patch=2, embed_dim=32, depth=2, num_heads=4)
+
+
+def test_save_then_resume_restores_model_and_optimizer(tmp_path):
+    cfg = load_config(None, [])
+    model = VitClassifier(num_classes=3, **TINY)
+    opt = build_optimizer(model, cfg)
+    model(torch.randn(2, 3, 2, 16, 16), torch.tensor([0, 1]))["loss"].backward()
+    opt.step()
+    path = ckpt.save_checkpoint(str(tmp_path), 3, model, opt, cfg_yaml=cfg.dump())
+    assert path.endswith("checkpoints/checkpoint_epoch_00003.pyth")
+    assert not [n for n in os.listdir(os.path.dirname(path)) if ".tmp" in n]
+
+    fresh = VitClassifier(num_classes=3, **TINY)
+    fresh_opt = build_optimizer(fresh, cfg)
+    state = ckpt.resume(path, fresh, fresh_opt)
+    assert state["epoch"] == 3 and "SOLVER" in state["cfg"]
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_latest_checkpoint_ignores_temporary_files(tmp_path):
+    model = VitClassifier(num_classes=3, **TINY)
+    ckpt.save_checkpoint(str(tmp_path), 1, model)
+    ckpt.save_checkpoint(str(tmp_path), 2, model)
+    # A write killed half-way leaves only a temporary name behind.
+    with open(os.path.join(ckpt.checkpoint_dir(str(tmp_path)), "checkpoint_epoch_00003.pyth.tmp.123"), "wb") as f:
+        f.write(b"partial")
+    assert ckpt.find_latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch_00002.pyth")
+    assert ckpt.find_latest_checkpoint(str(tmp_path / "elsewhere")) is None
+
+
+def test_checkpoint_from_another_model_names_file_and_keys(tmp_path):
+    path = ckpt.save_checkpoint(str(tmp_path), 1, VitClassifier(num_classes=3, **TINY))
+    other = VitClassifier(num_classes=5, **TINY)
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint_epoch_00001\.pyth does not fit.*head\.fc\.weight"):
+        ckpt.resume(path, other)
+
+
+def test_unreadable_and_pickled_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.pyth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="cannot read checkpoint .*bad.pyth"):
+        ckpt.load_state(str(bad))
+    evil = tmp_path / "evil.pyth"
+    torch.save({"model": {}, "payload": os.getcwd}, str(evil))  # a function: needs full unpickling
+    with pytest.raises(ckpt.CheckpointError, match="evil.pyth"):
+        ckpt.load_state(str(evil))
+    assert ckpt.load_state(str(evil), weights_only=False)["payload"] is os.getcwd
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load_state(str(tmp_path / "missing.pyth"))
+
+
+def test_lr_schedule_linear_scaling_warmup_and_cosine():
+    cfg = load_config(None, ["SOLVER.BASE_LR", "1e-3", "TRAIN.BATCH_SIZE", "512", "SOLVER.WARMUP_EPOCHS", "2",
+                             "SOLVER.MAX_EPOCH", "10", "SOLVER.COSINE_END_LR", "1e-6"])
+    peak = scaled_lr(cfg)
+    assert peak == pytest.approx(2e-3)  # 1e-3 x 512 / 256
+    assert lr_at(0.0, cfg) == 0.0
+    assert lr_at(1.0, cfg) == pytest.approx(peak / 2)
+    assert lr_at(2.0, cfg) == pytest.approx(peak)
+    assert lr_at(6.0, cfg) == pytest.approx(1e-6 + (peak - 1e-6) / 2)
+    assert lr_at(10.0, cfg) == pytest.approx(1e-6)
+    values = [lr_at(e / 10, cfg) for e in range(20, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    cfg = load_config(None, ["SOLVER.WEIGHT_DECAY", "0.05"])
+    model = VitClassifier(num_classes=3, **TINY)
+    opt = build_optimizer(model, cfg)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim > 1), name

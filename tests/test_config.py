@@ -1,0 +1,103 @@
+"""Config loading: _BASE_ inheritance, overrides, and one clear line for every kind of bad key or value."""
+import pytest
+
+from videodiff.config import ConfigError, load_config
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_inheritance_child_overrides_parent(tmp_path):
+    write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LR: 0.5\n  MAX_EPOCH: 7\nVIT:\n  DEPTH: 3\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\nSOLVER:\n  BASE_LR: 0.25\n")
+    cfg = load_config(child)
+    assert cfg.SOLVER.BASE_LR == 0.25  # child wins
+    assert cfg.SOLVER.MAX_EPOCH == 7  # inherited
+    assert cfg.VIT.DEPTH == 3
+
+
+def test_command_line_overrides_win_and_are_typed(tmp_path):
+    child = write(tmp_path / "c.yaml", "SOLVER:\n  BASE_LR: 0.25\n")
+    cfg = load_config(child, ["SOLVER.BASE_LR", "1e-3", "SOLVER.BETAS", "[0.9,0.999]", "TRAIN.AUTO_RESUME",
+                              "False", "OUTPUT_DIR", "out/run"])
+    assert cfg.SOLVER.BASE_LR == pytest.approx(1e-3)
+    assert cfg.SOLVER.BETAS == [0.9, 0.999]
+    assert cfg.TRAIN.AUTO_RESUME is False
+    assert cfg.OUTPUT_DIR == "out/run"
+
+
+def test_yaml_float_without_dot_is_accepted(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; users write it anyway.
+    cfg = load_config(write(tmp_path / "c.yaml", "SOLVER:\n  BASE_LR: 1e-4\n"))
+    assert cfg.SOLVER.BASE_LR == pytest.approx(1e-4)
+
+
+def test_unknown_key_in_base_file_names_that_file(tmp_path):
+    write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LRR: 0.5\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"unknown config key SOLVER\.BASE_LRR \(from .*base\.yaml\).*BASE_LR"):
+        load_config(child)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(ConfigError, match=r"unknown config key TRAIN\.NOPE \(from command line\)"):
+        load_config(None, ["TRAIN.NOPE", "1"])
+
+
+def test_wrong_type_names_key_source_and_expected_type(tmp_path):
+    path = write(tmp_path / "c.yaml", "VIT:\n  DEPTH: deep\n")
+    with pytest.raises(ConfigError, match=r"VIT\.DEPTH \(from .*c\.yaml\): expected int"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("opts, pattern", [
+    (["VIT.DEPTH", "0"], r"VIT\.DEPTH .* expected an integer >= 1"),
+    (["SOLVER.OPTIMIZING_METHOD", "lamb"], r"SOLVER\.OPTIMIZING_METHOD .* one of adamw, sgd"),
+    (["DATA.TRAIN_CROP_SIZE", "280"], r"DATA\.TRAIN_CROP_SIZE .* not divisible by VIT\.PATCH_SIZE = 16.*272, 288"),
+    (["DATA.NUM_FRAMES", "15"], r"DATA\.NUM_FRAMES .* not divisible by VIT\.TEMPORAL_PATCH_SIZE"),
+    (["SOLVER.BETAS", "[0.9]"], r"SOLVER\.BETAS .* two numbers"),
+    (["VIT.NUM_HEADS", "5"], r"VIT\.EMBED_DIM .* not divisible by VIT\.NUM_HEADS"),
+    (["DATA.MEAN", "[0.5]"], r"DATA\.MEAN .* VIT\.IN_CHANNELS"),
+    (["VIT.DROP_PATH_RATE", "1.5"], r"VIT\.DROP_PATH_RATE .* \[0, 1\)"),
+])
+def test_impossible_values_are_refused(opts, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, opts)
+
+
+def test_odd_number_of_overrides():
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        load_config(None, ["SOLVER.BASE_LR"])
+
+
+def test_missing_file_and_missing_base(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    child = write(tmp_path / "child.yaml", "_BASE_: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone\.yaml \(the _BASE_ of .*child\.yaml\)"):
+        load_config(child)
+
+
+def test_base_loop_is_detected(tmp_path):
+    write(tmp_path / "a.yaml", "_BASE_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_BASE_: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_group_key_cannot_be_set_to_a_scalar():
+    with pytest.raises(ConfigError, match="is a group of keys"):
+        load_config(None, ["SOLVER", "1"])
+
+
+def test_loaded_config_is_frozen():
+    cfg = load_config(None, [])
+    with pytest.raises(AttributeError):
+        cfg.SOLVER.BASE_LR = 1.0
+
+
+@pytest.mark.parametrize("path", ["configs/demo/vit_tiny_supervised.yaml"])
+def test_shipped_configs_load(path):
+    load_config(path)
