@@ -1,0 +1,93 @@
+"""Kinetics-style video classification data: a list file of ``path label`` lines, decoded per item.
+
+Item (every dataset in ``videodiff.data`` returns this shape)::
+
+    {"clip":  float32 [R, C, T, H, W], normalized,
+     "label": int, "index": int (video number in the list), "view": int}
+
+Train: one item per video; R = ``num_repeats`` clips (repeated augmentation), each with its own random
+window and crop, all cut from ONE decode of the union of their frames. ``view`` is 0.
+Val/test: ``num_views * num_crops`` items per video, R = 1; item ``k`` is video ``k // (views * crops)``
+and ``view = k % (views * crops) = temporal_view * num_crops + spatial_crop``.
+"""
+import os
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from videodiff.data.decoding import count_frames, decode_frames
+from videodiff.data.sampling import ItemRng, test_window, train_window
+from videodiff.data.transforms import build_transform, to_float_clip
+from videodiff.data.video_list import read_video_list
+
+SPLITS = ("train", "val", "test")
+
+
+class KineticsDataset(Dataset):
+    """Videos listed in ``csv_path``; see the module docstring for the items."""
+
+    def __init__(self, csv_path: str, split: str, num_frames: int, sampling_rate: int, transform,
+                 num_repeats: int = 1, num_views: int = 1, num_crops: int = 1, path_prefix: str = "",
+                 separator: str = " ", num_classes: Optional[int] = None, base_dir: Optional[str] = None,
+                 backend: str = "pyav", seed: int = 0):
+        """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test."""
+        _check_split_args(split, num_repeats, num_views, num_crops)
+        self.split, self.transform, self.backend = split, transform, backend
+        self.num_frames, self.sampling_rate = num_frames, sampling_rate
+        self.num_repeats, self.num_views, self.num_crops = num_repeats, num_views, num_crops
+        self.videos = read_video_list(csv_path, path_prefix, separator, num_classes, base_dir)
+        self.rng = ItemRng(seed)
+
+    @classmethod
+    def from_cfg(cls, cfg, split: str) -> "KineticsDataset":
+        """``{DATA.PATH_TO_DATA_DIR}/{split}.csv``; test uses TEST.NUM_ENSEMBLE_VIEWS x NUM_SPATIAL_CROPS views,
+        val one centre view (it runs every epoch), train AUG.NUM_SAMPLE repeats."""
+        d = cfg.DATA
+        views, crops = (cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS) if split == "test" else (1, 1)
+        return cls(os.path.join(d.PATH_TO_DATA_DIR, f"{split}.csv"), split, d.NUM_FRAMES, d.SAMPLING_RATE,
+                   build_transform(cfg, split), num_repeats=cfg.AUG.NUM_SAMPLE if split == "train" else 1,
+                   num_views=views, num_crops=crops, path_prefix=d.PATH_PREFIX, separator=d.PATH_LABEL_SEPARATOR,
+                   num_classes=cfg.MODEL.NUM_CLASSES, base_dir=d.PATH_TO_DATA_DIR, backend=d.DECODING_BACKEND,
+                   seed=cfg.RNG_SEED)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Train randomness is drawn from (seed, epoch, index); call before each epoch's iteration."""
+        self.rng.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.num_views * self.num_crops
+
+    def __getitem__(self, k: int) -> dict:
+        if not 0 <= k < len(self):
+            raise IndexError(f"item {k} out of range for {len(self)} items")
+        return self._train_item(k) if self.split == "train" else self._test_item(k)
+
+    def _train_item(self, index: int) -> dict:
+        path, label = self.videos[index]
+        rng = self.rng.generator(index)
+        total = count_frames(path, self.backend)
+        windows = [train_window(total, self.num_frames, self.sampling_rate, rng) for _ in range(self.num_repeats)]
+        union = sorted(set().union(*windows))
+        frames = decode_frames(path, union, self.backend)  # [U, H, W, 3], the only decode
+        row = {frame: i for i, frame in enumerate(union)}
+        clips = [self.transform(to_float_clip(frames[[row[f] for f in w]]), rng) for w in windows]
+        return {"clip": torch.stack(clips), "label": label, "index": index, "view": 0}
+
+    def _test_item(self, k: int) -> dict:
+        index, view = divmod(k, self.num_views * self.num_crops)
+        temporal, spatial = divmod(view, self.num_crops)
+        path, label = self.videos[index]
+        total = count_frames(path, self.backend)
+        window = test_window(total, self.num_frames, self.sampling_rate, temporal, self.num_views)
+        clip = self.transform(to_float_clip(decode_frames(path, window, self.backend)), spatial, self.num_crops)
+        return {"clip": clip.unsqueeze(0), "label": label, "index": index, "view": view}
+
+
+def _check_split_args(split: str, num_repeats: int, num_views: int, num_crops: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if split == "train" and (num_views, num_crops) != (1, 1):
+        raise ValueError(f"num_views/num_crops are for val/test; train got {num_views}/{num_crops}")
+    if split != "train" and num_repeats != 1:
+        raise ValueError(f"num_repeats (AUG.NUM_SAMPLE) is for train; {split} got {num_repeats}")

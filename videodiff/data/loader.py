@@ -1,0 +1,104 @@
+"""Config -> DataLoader for one rank: batch size per rank, samplers, collate, worker seeding.
+
+Batch sizes count *original* samples: a train batch of B items with R repeated-augmentation copies
+each reaches the model as ``B * R`` clips (``collate_clips`` flattens R into the batch).
+Call ``set_loader_epoch(loader, epoch)`` before iterating each epoch: it reshuffles the sampler and
+moves the datasets' per-item random draws to the new epoch.
+"""
+import random
+from typing import Iterator, List
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from videodiff.data.build import build_dataset
+
+
+class ShardSampler(Sampler):
+    """Evaluation sampler: rank ``r`` of ``w`` gets the contiguous items ``[r*n//w, (r+1)*n//w)``.
+
+    No padding and no duplicates: every item is seen exactly once over all ranks, so metrics are
+    exact; ranks may get one item more or fewer than each other. Contiguous shares keep a video's
+    views together on one rank.
+    """
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1):
+        self.start = rank * num_items // world_size
+        self.stop = (rank + 1) * num_items // world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order never changes; present so every sampler accepts ``set_epoch``."""
+
+
+def collate_clips(items: List[dict]) -> dict:
+    """Items ``{"clip": [R, C, T, H, W], "label", "index", "view"}`` -> one batch of ``B*R`` clips.
+
+    Returns ``clip`` ``[B*R, C, T, H, W]`` and LongTensors ``label``, ``index``, ``view`` ``[B*R]``
+    (an item's scalars repeated for each of its R copies, copies of one item adjacent).
+    """
+    repeats = torch.tensor([item["clip"].shape[0] for item in items])
+    batch = {"clip": torch.cat([item["clip"] for item in items])}
+    for key in ("label", "index", "view"):
+        values = torch.tensor([int(item[key]) for item in items], dtype=torch.long)
+        batch[key] = values.repeat_interleave(repeats)
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party transforms;
+    our datasets draw from per-item generators and do not need this)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def per_rank_batch_size(cfg, split: str, world_size: int) -> int:
+    """TRAIN.BATCH_SIZE (train) or TEST.BATCH_SIZE (val/test), a global count, divided over ranks."""
+    key = "TRAIN.BATCH_SIZE" if split == "train" else "TEST.BATCH_SIZE"
+    total = cfg.TRAIN.BATCH_SIZE if split == "train" else cfg.TEST.BATCH_SIZE
+    if total % world_size:
+        raise ValueError(f"{key} = {total} is not divisible by the world size {world_size}; "
+                         f"use a multiple of {world_size}")
+    return total // world_size
+
+
+def build_loader(cfg, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The DataLoader of ``split`` for ``rank`` of ``world_size`` processes."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    batch_size = per_rank_batch_size(cfg, split, world_size)
+    dataset = build_dataset(cfg, split)
+    train = split == "train"
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=cfg.RNG_SEED, drop_last=True)
+        _check_one_batch(len(sampler), batch_size, world_size, len(dataset))
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    workers = cfg.DATA_LOADER.NUM_WORKERS
+    base_seed = int(np.random.SeedSequence([cfg.RNG_SEED, rank]).generate_state(1)[0])
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_clips, pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+                      drop_last=train, persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(base_seed))
+
+
+def _check_one_batch(per_rank_items: int, batch_size: int, world_size: int, total: int) -> None:
+    # Train drops incomplete batches, so a split smaller than one global batch would train on nothing.
+    if per_rank_items < batch_size:
+        raise ValueError(f"the train split has {total} items, fewer than one batch: TRAIN.BATCH_SIZE = "
+                         f"{batch_size * world_size} over {world_size} rank(s)")
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Call before iterating ``loader`` for ``epoch``: reshuffles the sampler, re-seeds item draws."""
+    for obj in (loader.sampler, loader.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
