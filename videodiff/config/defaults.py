@@ -102,6 +102,39 @@ _C.VIT.MLP_RATIO = 4.0
 _C.VIT.QKV_BIAS = True
 _C.VIT.DROP_PATH_RATE = 0.0
 
+# ---------------------------------------------------------------- masked pretraining (MAE, DiffMAE)
+_C.MASK = CfgNode()
+# "random" (over all T'·H'·W' tokens), "tube" (one spatial mask for every t) or "center" (centred block).
+_C.MASK.TYPE = "random"
+# Fraction of tokens masked: 0.9 for video, 0.75 for images.
+_C.MASK.RATIO = 0.9
+
+_C.DIFFUSION = CfgNode()
+_C.DIFFUSION.STEPS = 1000
+_C.DIFFUSION.BETA_START = 1e-4
+_C.DIFFUSION.BETA_END = 0.02
+# Each beta_t is raised to the power RHO (DiffMAE supplement A.1). Public re-implementations use 0.8; it
+# leaves ~55% of the steps with sqrt(alpha_bar_t) < 0.05, i.e. almost pure noise (see diffusion.py). To be measured.
+_C.DIFFUSION.RHO = 0.8
+# "linear" (DDPM) or "cosine".
+_C.DIFFUSION.SCHEDULE = "linear"
+
+_C.DIFFMAE = CfgNode()
+# "joint" (self-attention over encoder + noisy tokens), "cross" or "cross_self" (top-down to encoder blocks).
+_C.DIFFMAE.DECODER_TYPE = "cross_self"
+_C.DIFFMAE.DECODER_DEPTH = 8
+_C.DIFFMAE.DECODER_EMBED_DIM = 512
+_C.DIFFMAE.DECODER_NUM_HEADS = 16
+# Which frame of each t_patch-frame token is the target (and the decoder's noisy input).
+_C.DIFFMAE.TARGET_SLICE = 0
+# Off: with per-patch normalised targets, generation can only return normalised patches.
+_C.DIFFMAE.NORM_PIX_LOSS = False
+
+_C.MAE = CfgNode()
+# The MAE baseline reuses DIFFMAE.DECODER_DEPTH / DECODER_EMBED_DIM / DECODER_NUM_HEADS, so both run at
+# identical dimensions.
+_C.MAE.NORM_PIX_LOSS = True
+
 # ---------------------------------------------------------------- run
 _C.OUTPUT_DIR = "./output"
 _C.RNG_SEED = 0

@@ -40,6 +40,15 @@ _rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] 
       "[min, max] with 0 < min <= max <= 1")
 _rule(["DATA.TRAIN_JITTER_ASPECT_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max")
 _rule(["DATA.STD"], lambda v: all(s > 0 for s in v), "positive numbers")
+_rule(["MASK.RATIO"], lambda v: 0 < v < 1, "a number in (0, 1)")
+_rule(["MASK.TYPE"], lambda v: v in ("random", "tube", "center"), "one of random, tube, center")
+_rule(["DIFFUSION.STEPS", "DIFFMAE.DECODER_DEPTH", "DIFFMAE.DECODER_EMBED_DIM", "DIFFMAE.DECODER_NUM_HEADS"],
+      lambda v: v >= 1, "an integer >= 1")
+_rule(["DIFFUSION.RHO"], lambda v: v > 0, "a number > 0")
+_rule(["DIFFUSION.BETA_START", "DIFFUSION.BETA_END"], lambda v: 0 < v < 1, "a number in (0, 1)")
+_rule(["DIFFUSION.SCHEDULE"], lambda v: v in ("linear", "cosine"), "one of linear, cosine")
+_rule(["DIFFMAE.DECODER_TYPE"], lambda v: v in ("joint", "cross", "cross_self"), "one of joint, cross, cross_self")
+_rule(["DIFFMAE.TARGET_SLICE"], lambda v: v >= 0, "an integer >= 0")
 
 
 def _get(cfg: CfgNode, key: str):
@@ -66,6 +75,16 @@ def _cross_key_rules(cfg: CfgNode):
             yield key, f"has {len(_get(cfg, key))} values but VIT.IN_CHANNELS = {cfg.VIT.IN_CHANNELS}"
     if cfg.SOLVER.WARMUP_EPOCHS > cfg.SOLVER.MAX_EPOCH:
         yield "SOLVER.WARMUP_EPOCHS", f"= {cfg.SOLVER.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCH = {cfg.SOLVER.MAX_EPOCH}"
+    if cfg.DIFFUSION.BETA_START > cfg.DIFFUSION.BETA_END:
+        yield "DIFFUSION.BETA_START", f"= {cfg.DIFFUSION.BETA_START} exceeds DIFFUSION.BETA_END = {cfg.DIFFUSION.BETA_END}"
+    if cfg.DIFFMAE.TARGET_SLICE >= tp:
+        yield "DIFFMAE.TARGET_SLICE", (f"= {cfg.DIFFMAE.TARGET_SLICE} is not a frame of a token: expected 0 .. "
+                                       f"VIT.TEMPORAL_PATCH_SIZE - 1 = {tp - 1}")
+    dec, heads = cfg.DIFFMAE.DECODER_EMBED_DIM, cfg.DIFFMAE.DECODER_NUM_HEADS
+    if dec % heads:
+        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by DIFFMAE.DECODER_NUM_HEADS = {heads}"
+    if dec % 8:
+        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by 8 (3-D sin-cos position embedding)"
 
 
 def validate_config(cfg: CfgNode, sources: Dict[str, str]) -> None:

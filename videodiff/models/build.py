@@ -5,6 +5,8 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from videodiff.models.classifier import VitClassifier
+from videodiff.models.diffmae import DiffMAE
+from videodiff.models.mae import MAE
 
 # name -> (model class, function mapping the config to its constructor arguments)
 MODELS: Dict[str, Tuple[type, Callable[[CfgNode], dict]]] = {}
@@ -30,6 +32,28 @@ def _classifier_args(cfg: CfgNode) -> dict:
 
 
 register_model("VitClassifier", VitClassifier, _classifier_args)
+
+
+def _masked_decoder_args(cfg: CfgNode) -> dict:
+    """Masking and decoder size, shared by DiffMAE and the MAE baseline (identical dimensions)."""
+    d = cfg.DIFFMAE
+    return dict(vit_args(cfg), decoder_depth=d.DECODER_DEPTH, decoder_embed_dim=d.DECODER_EMBED_DIM,
+                decoder_num_heads=d.DECODER_NUM_HEADS, mask_type=cfg.MASK.TYPE, mask_ratio=cfg.MASK.RATIO)
+
+
+def _diffmae_args(cfg: CfgNode) -> dict:
+    f = cfg.DIFFUSION
+    return dict(_masked_decoder_args(cfg), decoder_type=cfg.DIFFMAE.DECODER_TYPE,
+                target_slice=cfg.DIFFMAE.TARGET_SLICE, norm_pix_loss=cfg.DIFFMAE.NORM_PIX_LOSS,
+                num_steps=f.STEPS, beta_start=f.BETA_START, beta_end=f.BETA_END, rho=f.RHO, schedule=f.SCHEDULE)
+
+
+def _mae_args(cfg: CfgNode) -> dict:
+    return dict(_masked_decoder_args(cfg), norm_pix_loss=cfg.MAE.NORM_PIX_LOSS)
+
+
+register_model("DiffMAE", DiffMAE, _diffmae_args)
+register_model("MAE", MAE, _mae_args)
 
 
 def build_model(cfg: CfgNode) -> nn.Module:

@@ -1,0 +1,212 @@
+"""DiffMAE: masked autoencoding where the decoder is a diffusion model of the masked patches.
+
+Read top to bottom, the training step is the paper:
+
+    mask -> encode the visible tokens -> take the clean target slice of each masked token
+         -> noise it (q_sample at a uniform t) -> decode, conditioned on t and the encoder -> MSE on x_0
+
+Conventions (see also ``patchify.py``, ``decoder.py``, ``diffusion.py``):
+
+* Target. For each spacetime token, the single frame ``target_slice`` of its t_patch·p·p patch,
+  [p·p·C] values in (dy, dx, c) order (DiffMAE supplement A.2). For images (t_patch = 1) it is the patch.
+* Inputs. The encoder embeds clean patches with its own Conv3d; the decoder embeds the noisy slices
+  with its own Linear (``noisy_embed``) and adds sin-cos positions of the token's grid cell (decoder
+  width) and ``TimestepEmbedder(t)``.
+* Encoder output. ViT blocks -> the encoder LayerNorm (``encoder.norm``) -> Linear to the decoder
+  width (``encoder_proj``). The cross / cross_self decoders read encoder blocks top-down
+  (``decoder.top_down_sources``): decoder block j attends to the output of encoder block
+  ``sources[j]``, passed through the *same* ``encoder.norm`` and ``encoder_proj``. Sharing them keeps
+  every context on the scale the final features have (the raw residual stream grows with depth) and adds
+  no parameters per decoder block; the last block's context is then exactly the usual encoder output.
+  The joint decoder reads only the final output.
+* norm_pix_loss. When on, targets are normalised per patch (its own mean / std) and the noise is
+  added in that normalised space. At generation time the statistics of masked patches are unknown,
+  so ``generate`` then returns -- and pastes -- *normalised* patches (``result["normalized"]``). The
+  default is off for DiffMAE, so generation yields pixels in the clip's (mean/std normalised) space.
+* Timesteps: integer t in [0, num_steps), t = 0 least noisy (``diffusion.py``).
+"""
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from videodiff.models.decoder import DECODER_TYPES, build_decoder_blocks, top_down_sources
+from videodiff.models.diffusion import GaussianDiffusion
+from videodiff.models.masking import MASK_KINDS, Mask, build_mask, gather_tokens, merge_tokens
+from videodiff.models.patchify import patch_normalize, patchify, time_slice, unpatchify
+from videodiff.models.pos_embed import sincos_3d, split_dims
+from videodiff.models.timestep import TimestepEmbedder
+from videodiff.models.vit import VisionTransformer, init_vit_weights
+
+Grid = Tuple[int, int, int]
+# (projected final encoder tokens [B, K, Dd], per-decoder-block contexts [B, K, Dd] or None for "joint")
+EncoderOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]]]
+
+
+class DiffMAE(nn.Module):
+    """ViT encoder on visible tokens + a diffusion decoder predicting x_0 of the masked tokens' target slice."""
+
+    def __init__(self, patch_size: int = 16, t_patch: int = 2, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path_rate: float = 0.0, decoder_type: str = "cross_self", decoder_depth: int = 8,
+                 decoder_embed_dim: int = 512, decoder_num_heads: int = 16, mask_type: str = "random",
+                 mask_ratio: float = 0.9, target_slice: int = 0, norm_pix_loss: bool = False,
+                 num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, rho: float = 0.8,
+                 schedule: str = "linear"):
+        super().__init__()
+        _check_choice("decoder type", decoder_type, DECODER_TYPES)
+        _check_choice("mask type", mask_type, MASK_KINDS)
+        if not 0 <= target_slice < t_patch:
+            raise ValueError(f"target_slice {target_slice} must lie in [0, t_patch = {t_patch})")
+        split_dims(decoder_embed_dim)  # decoder sin-cos positions need a width divisible by 8
+        self.patch_size, self.t_patch, self.in_chans = patch_size, t_patch, in_chans
+        self.slice_dim = patch_size * patch_size * in_chans
+        self.decoder_type, self.decoder_embed_dim = decoder_type, decoder_embed_dim
+        self.mask_type, self.mask_ratio = mask_type, mask_ratio
+        self.target_slice, self.norm_pix_loss = target_slice, norm_pix_loss
+        self.diffusion = GaussianDiffusion(num_steps, beta_start, beta_end, rho, schedule)
+
+        self.encoder = VisionTransformer(patch_size, t_patch, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+                                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True)
+        self.encoder_proj = nn.Linear(embed_dim, decoder_embed_dim)
+        self.sources = [] if decoder_type == "joint" else top_down_sources(depth, decoder_depth)
+        self.noisy_embed = nn.Linear(self.slice_dim, decoder_embed_dim)
+        self.t_embedder = TimestepEmbedder(decoder_embed_dim)
+        self.decoder_blocks = build_decoder_blocks(decoder_type, decoder_embed_dim, decoder_depth,
+                                                   decoder_num_heads, mlp_ratio, qkv_bias)
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, self.slice_dim)
+        self._pos_cache: dict = {}
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """MAE's init everywhere: xavier-uniform linears, zero biases, unit LayerNorms; nothing zero-initialised.
+
+        The encoder initialised itself (same rule, plus its Conv3d as a flattened linear).
+        """
+        for module in (self.encoder_proj, self.noisy_embed, self.t_embedder, self.decoder_blocks,
+                       self.decoder_norm, self.decoder_pred):
+            module.apply(init_vit_weights)
+
+    # ------------------------------------------------------------------ helpers
+    def grid(self, clip: torch.Tensor) -> Grid:
+        return self.encoder.patch_embed.grid_size(clip.shape)
+
+    def decoder_pos_embed(self, grid: Grid, device, dtype) -> torch.Tensor:
+        """[1, N, Dd] sin-cos positions at the decoder width, cached per (grid, device, dtype)."""
+        key = (grid, device, dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sincos_3d(self.decoder_embed_dim, grid).to(device=device, dtype=dtype)[None]
+        return self._pos_cache[key]
+
+    # ------------------------------------------------------------------ the method, one step each
+    def mask(self, clip: torch.Tensor, generator: Optional[torch.Generator] = None) -> Mask:
+        """A Mask over the clip's token grid, on its device (ids [B, K] / [B, M], mask [B, N])."""
+        return build_mask(self.mask_type, clip.shape[0], self.grid(clip), self.mask_ratio, clip.device, generator)
+
+    def forward_encoder(self, clip: torch.Tensor, ids_keep: torch.Tensor) -> EncoderOutput:
+        """Visible tokens only -> (latent [B, K, Dd], contexts: one [B, K, Dd] per decoder block, or None)."""
+        if self.decoder_type == "joint":
+            latent = self.encoder.forward_features(clip, ids_keep)                   # [B, K, D], normed
+            return self.encoder_proj(latent), None
+        latent, blocks = self.encoder.forward_features(clip, ids_keep, return_block_outputs=True)
+        projected = {i: self.encoder_proj(self.encoder.norm(blocks[i])) for i in set(self.sources)}
+        return self.encoder_proj(latent), [projected[i] for i in self.sources]
+
+    def targets(self, clip: torch.Tensor) -> torch.Tensor:
+        """Clean x_0 of every token: frame ``target_slice`` of its patch, [B, N, p·p·C] (per-patch normed if norm_pix)."""
+        patches = patchify(clip, self.t_patch, self.patch_size)                    # [B, N, t·p·p·C]
+        x0 = time_slice(patches, self.t_patch, self.patch_size, self.in_chans, self.target_slice)
+        return patch_normalize(x0)[0] if self.norm_pix_loss else x0
+
+    def forward_decoder(self, enc: EncoderOutput, x_t: torch.Tensor, t: torch.Tensor, ids_keep: torch.Tensor,
+                        ids_masked: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Noisy slices x_t [B, M, p·p·C] at steps t [B] -> x_0 prediction [B, M, p·p·C]."""
+        latent, contexts = enc
+        pos = self.decoder_pos_embed(grid, x_t.device, x_t.dtype).expand(x_t.shape[0], -1, -1)  # [B, N, Dd]
+        x = self.noisy_embed(x_t) + gather_tokens(pos, ids_masked) + self.t_embedder(t)[:, None]  # [B, M, Dd]
+        if self.decoder_type == "joint":
+            visible = latent + gather_tokens(pos, ids_keep)                         # [B, K, Dd]
+            x = torch.cat([visible, x], dim=1)                                      # [B, K + M, Dd]
+            for block in self.decoder_blocks:
+                x = block(x)
+            x = x[:, visible.shape[1]:]                                             # [B, M, Dd]
+        else:
+            for block, context in zip(self.decoder_blocks, contexts):
+                x = block(x, context)
+        return self.decoder_pred(self.decoder_norm(x))                              # [B, M, p·p·C]
+
+    def forward_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE between x_0 prediction and target, both [B, M, p·p·C] of masked tokens only."""
+        return (pred.float() - target.float()).pow(2).mean()
+
+    def forward(self, clip: torch.Tensor, label: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """clip [B, C, T, H, W] -> {"loss"}; ``label`` is ignored (self-supervised)."""
+        mask, grid = self.mask(clip), self.grid(clip)
+        enc = self.forward_encoder(clip, mask.ids_keep)
+        x0 = gather_tokens(self.targets(clip), mask.ids_masked)                    # [B, M, p·p·C]
+        t = self.diffusion.sample_timesteps(clip.shape[0], device=clip.device)     # [B], uniform
+        x_t = self.diffusion.q_sample(x0, t)
+        pred = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid)
+        return {"loss": self.forward_loss(pred, x0)}
+
+    # ------------------------------------------------------------------ generation and evaluation
+    @torch.no_grad()
+    def generate(self, clip: torch.Tensor, mask: Optional[Mask] = None, num_sample_steps: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None, return_intermediates_at: Iterable[int] = ()) -> dict:
+        """Inpaint the masked tokens by the reverse process; the encoder runs once.
+
+        Returns a dict:
+          ``x0``             [B, M, p·p·C]  generated target slices of the masked tokens (order of ids_masked)
+          ``intermediates``  {t: x_t [B, M, p·p·C]} as fed to the decoder at the chain steps nearest the
+                             requested t (see ``GaussianDiffusion.sample_loop``); empty if none requested
+          ``mask``           the Mask used (drawn with ``generator`` when not given)
+          ``clip``           [B, C, T, H, W] = ``self.paste(clip, x0, mask)``
+          ``normalized``     True when the slices are per-patch normalised (norm_pix_loss), not pixels
+        Call ``self.eval()`` first if the model has dropout / drop path.
+        """
+        mask = self.mask(clip, generator) if mask is None else mask
+        grid = self.grid(clip)
+        enc = self.forward_encoder(clip, mask.ids_keep)
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid)
+
+        shape = (clip.shape[0], mask.ids_masked.shape[1], self.slice_dim)
+        out = self.diffusion.sample_loop(denoise, shape, num_sample_steps, generator, tuple(return_intermediates_at),
+                                         device=clip.device, dtype=clip.dtype)
+        x0, intermediates = out if isinstance(out, tuple) else (out, {})
+        return {"x0": x0, "intermediates": intermediates, "mask": mask, "clip": self.paste(clip, x0, mask),
+                "normalized": self.norm_pix_loss}
+
+    def paste(self, clip: torch.Tensor, slices: torch.Tensor, mask: Mask) -> torch.Tensor:
+        """Clip [B, C, T, H, W] with masked tokens replaced by ``slices`` [B, M, p·p·C]; visible tokens untouched.
+
+        The model predicts one frame per t_patch·p·p patch; *every* frame of a masked patch (the target
+        frame and the t_patch - 1 others) is filled with that predicted slice, i.e. it is held for t_patch frames.
+        """
+        patches = patchify(clip, self.t_patch, self.patch_size)                    # [B, N, t·p·p·C]
+        filled = slices.to(patches.dtype).repeat(1, 1, self.t_patch)               # frame-major layout
+        patches = merge_tokens(gather_tokens(patches, mask.ids_keep), filled, mask.ids_keep, mask.ids_masked)
+        return unpatchify(patches, self.t_patch, self.patch_size, self.grid(clip))
+
+    @torch.no_grad()
+    def one_step_x0(self, clip: torch.Tensor, mask: Mask, t: Union[int, torch.Tensor],
+                    generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """Noise the masked targets to step t once and predict x_0 in one decoder call.
+
+        Returns ``pred`` and ``target`` [B, M, p·p·C] and ``mse`` (0-d), the "one-step x_0 prediction" error.
+        """
+        if not torch.is_tensor(t):
+            t = torch.full((clip.shape[0],), int(t), dtype=torch.long, device=clip.device)
+        enc = self.forward_encoder(clip, mask.ids_keep)
+        x0 = gather_tokens(self.targets(clip), mask.ids_masked)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        pred = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, self.grid(clip))
+        return {"pred": pred, "target": x0, "mse": self.forward_loss(pred, x0)}
+
+
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
