@@ -18,6 +18,6 @@ if __name__ == "__main__":
     info = init_distributed()
     assert info.world_size == 2, info
     setup_logging(cfg.OUTPUT_DIR, info.is_main)
-    state = train(cfg, info)
-    torch.save(unwrap(state.model).state_dict(), os.path.join(cfg.OUTPUT_DIR, f"params_rank{info.rank}.pt"))
+    trainer = train(cfg, info)
+    torch.save(unwrap(trainer.model).state_dict(), os.path.join(cfg.OUTPUT_DIR, f"params_rank{info.rank}.pt"))
     cleanup()

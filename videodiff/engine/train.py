@@ -1,11 +1,11 @@
 """The one training loop. Every method (supervised, MAE, DiffMAE, l-DAE, probes) runs through it.
 
 A model takes ``(clip, label)`` and returns a dict with ``"loss"``; its other 0-d tensors are logged as
-metrics. The loop never asks which method it is training.
+metrics. The loop never asks which method it is training: features attach as hooks (``hooks.py``).
 """
 import math
 import time
-from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 from fvcore.common.config import CfgNode
@@ -14,118 +14,135 @@ from torch.nn.parallel import DistributedDataParallel
 
 from videodiff.data import build_loader, set_loader_epoch
 from videodiff.engine import checkpoint as ckpt
-from videodiff.engine.distributed import DistInfo, all_reduce_mean, barrier
-from videodiff.engine.evaluate import evaluate, has_split
-from videodiff.engine.logging import StatsWriter, Timer, format_eta, logger, memory_mb
+from videodiff.engine.distributed import DistInfo, barrier
+from videodiff.engine.evaluate import has_split
+from videodiff.engine.hooks import Hook, default_hooks
+from videodiff.engine.logging import StatsWriter, logger
+from videodiff.engine.optim import build_optimizer
 from videodiff.engine.precision import autocast_for, uses_grad_scaler
-from videodiff.engine.optim import build_optimizer, lr_at, set_lr
 from videodiff.engine.seed import seed_everything
 from videodiff.models.build import build_model
 
 
-@dataclass
-class TrainState:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    start_epoch: int = 0
-    last_checkpoint: str = field(default="")
+class Trainer:
+    """Owns the model, optimizer and loader; runs epochs of steps and calls hooks around them."""
+
+    def __init__(self, cfg: CfgNode, info: DistInfo, model: nn.Module, loader, hooks: List[Hook],
+                 stats: Optional[StatsWriter] = None):
+        self.cfg, self.info, self.loader, self.hooks = cfg, info, loader, hooks
+        self.stats = stats or StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE)
+        self.model = model.to(info.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=uses_grad_scaler(cfg, info.device))
+        self.start_epoch, self.epoch, self.iter, self.lr = 0, 0, 0, 0.0
+        self.last_checkpoint = ""
+        self.data_time = self.step_time = 0.0
+        self.steps_this_run, self._run_start = 0, time.perf_counter()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def run_seconds(self) -> float:
+        return time.perf_counter() - self._run_start
+
+    def restore(self) -> None:
+        """Auto-resume from the newest checkpoint, else initialise weights from TRAIN.CHECKPOINT_FILE_PATH."""
+        cfg = self.cfg
+        latest = ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
+        if latest:
+            saved = ckpt.resume(latest, self.model, self.optimizer, self.scaler)
+            self.start_epoch, self.last_checkpoint = int(saved["epoch"]), latest
+            logger.info(f"resumed from {latest}: continuing at epoch {self.start_epoch + 1}")
+        elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
+            saved = ckpt.load_state(cfg.TRAIN.CHECKPOINT_FILE_PATH)
+            ckpt.load_model_state(self.model, saved["model"], cfg.TRAIN.CHECKPOINT_FILE_PATH)
+            logger.info(f"initialised weights from {cfg.TRAIN.CHECKPOINT_FILE_PATH}")
+
+    def wrap_distributed(self) -> None:
+        if self.info.world_size > 1:
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.model, device_ids=ids)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Main rank writes ``checkpoint_epoch_{epoch}``; every rank waits for it."""
+        if self.info.is_main:
+            self.last_checkpoint = ckpt.save_checkpoint(self.cfg.OUTPUT_DIR, epoch, self.model, self.optimizer,
+                                                        self.scaler, self.cfg.dump())
+            logger.info(f"saved {self.last_checkpoint}")
+        barrier()
+
+    # ------------------------------------------------------------------ loop
+    def step(self, batch: dict) -> dict:
+        """One optimisation step; returns the model's 0-d outputs (loss first)."""
+        clip = batch["clip"].to(self.info.device, non_blocking=True)
+        label = batch["label"].to(self.info.device, non_blocking=True)
+        with autocast_for(self.cfg, self.info.device):
+            out = self.model(clip, label)
+        self.check_finite(out["loss"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        if self.cfg.SOLVER.CLIP_GRAD > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss is {value} at epoch {self.epoch + 1} iteration {self.iter + 1}; no checkpoint was changed; "
+                f"last good checkpoint: {self.last_checkpoint or 'none yet'}")
+
+    def run_epoch(self) -> None:
+        self.model.train()
+        tick = time.perf_counter()
+        for self.iter, batch in enumerate(self.loader):
+            self.data_time = time.perf_counter() - tick
+            for hook in self.hooks:
+                batch = hook.before_step(self, batch)
+            metrics = self.step(batch)
+            self.step_time = time.perf_counter() - tick
+            self.steps_this_run += 1
+            for hook in self.hooks:
+                hook.after_step(self, metrics)
+            tick = time.perf_counter()
+
+    def train(self) -> None:
+        for hook in self.hooks:
+            hook.before_train(self)
+        for self.epoch in range(self.start_epoch, self.cfg.SOLVER.MAX_EPOCH):
+            # Randomness is a function of (seed, epoch, rank): a resumed epoch replays the same draws.
+            seed_everything(self.cfg.RNG_SEED, self.epoch, self.info.rank)
+            set_loader_epoch(self.loader, self.epoch)
+            for hook in self.hooks:
+                hook.before_epoch(self)
+            self.run_epoch()
+            for hook in self.hooks:
+                hook.after_epoch(self)
+        for hook in self.hooks:
+            hook.after_train(self)
+        self.stats.close()
 
 
-def build_train_state(cfg: CfgNode, info: DistInfo) -> TrainState:
-    """Model + optimizer, restored from the newest checkpoint (auto-resume) or initialised from a file."""
-    model = build_model(cfg).to(info.device)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=uses_grad_scaler(cfg, info.device))
-    state = TrainState(model, optimizer, scaler)
-    latest = ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
-    if latest:
-        saved = ckpt.resume(latest, model, optimizer, scaler)
-        state.start_epoch, state.last_checkpoint = int(saved["epoch"]), latest
-        logger.info(f"resumed from {latest}: continuing at epoch {state.start_epoch + 1}")
-    elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
-        saved = ckpt.load_state(cfg.TRAIN.CHECKPOINT_FILE_PATH)
-        ckpt.load_model_state(model, saved["model"], cfg.TRAIN.CHECKPOINT_FILE_PATH)
-        logger.info(f"initialised weights from {cfg.TRAIN.CHECKPOINT_FILE_PATH}")
-    if info.world_size > 1:
-        state.model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                              else None)
-    return state
-
-
-def train_step(state: TrainState, batch: dict, cfg: CfgNode, info: DistInfo) -> dict:
-    """One optimisation step; returns the model's 0-d outputs as floats (loss first)."""
-    clip = batch["clip"].to(info.device, non_blocking=True)
-    label = batch["label"].to(info.device, non_blocking=True)
-    with autocast_for(cfg, info.device):
-        out = state.model(clip, label)
-    loss = out["loss"]
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    if cfg.SOLVER.CLIP_GRAD > 0:
-        state.scaler.unscale_(state.optimizer)
-        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.SOLVER.CLIP_GRAD)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
-
-
-def check_finite(loss: float, epoch: int, it: int, state: TrainState) -> None:
-    if not math.isfinite(loss):
-        last = state.last_checkpoint or "none yet"
-        raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} iteration {it + 1}; "
-                                 f"no checkpoint was changed; last good checkpoint: {last}")
-
-
-def train_one_epoch(state: TrainState, loader, epoch: int, cfg: CfgNode, info: DistInfo,
-                    stats: StatsWriter) -> dict:
-    state.model.train()
-    iters, timer, start = len(loader), Timer(), time.perf_counter()
-    totals: dict = {}
-    for it, batch in enumerate(loader):
-        data_time = timer.lap()
-        lr = lr_at(epoch + it / iters, cfg)
-        set_lr(state.optimizer, lr)
-        metrics = train_step(state, batch, cfg, info)
-        check_finite(float(metrics["loss"]), epoch, it, state)
-        step_time = timer.lap() + data_time
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-        if (it + 1) % cfg.LOG_PERIOD == 0 or it + 1 == iters:
-            avg = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (it + 1) * ((cfg.SOLVER.MAX_EPOCH - epoch) * iters - it - 1)
-            line = dict(split="train", epoch=epoch + 1, iter=it + 1, lr=lr, data_time=round(data_time, 4),
-                        step_time=round(step_time, 4), eta=format_eta(eta),
-                        mem_mb=round(memory_mb(info.device), 1), **avg)
-            stats.write(line, step=epoch * iters + it)
-            logger.info(f"epoch {epoch + 1}/{cfg.SOLVER.MAX_EPOCH} iter {it + 1}/{iters} "
-                        + " ".join(f"{k} {v:.4f}" for k, v in avg.items())
-                        + f" lr {lr:.3e} data {data_time:.3f}s step {step_time:.3f}s eta {format_eta(eta)}")
-    return {k: v / max(iters, 1) for k, v in totals.items()}
-
-
-def train(cfg: CfgNode, info: DistInfo) -> TrainState:
-    stats = StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE)
-    state = build_train_state(cfg, info)
+def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:
+    """Model, loaders and the default hooks for ``cfg``, restored from the newest checkpoint if any."""
+    seed_everything(cfg.RNG_SEED, 0, 0)  # identical initial weights on every rank
+    model = build_model(cfg)
     loader = build_loader(cfg, "train", info.rank, info.world_size)
     val_loader = None
     if cfg.TRAIN.EVAL_PERIOD and has_split(cfg, "val"):
         val_loader = build_loader(cfg, "val", info.rank, info.world_size)
-    for epoch in range(state.start_epoch, cfg.SOLVER.MAX_EPOCH):
-        seed_everything(cfg.RNG_SEED, epoch, info.rank)  # a resumed epoch replays the same randomness
-        set_loader_epoch(loader, epoch)
-        epoch_avg = train_one_epoch(state, loader, epoch, cfg, info, stats)
-        done = epoch + 1
-        if done % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.MAX_EPOCH:
-            if info.is_main:
-                state.last_checkpoint = ckpt.save_checkpoint(
-                    cfg.OUTPUT_DIR, done, state.model, state.optimizer, state.scaler, cfg.dump())
-                logger.info(f"saved {state.last_checkpoint}")
-            barrier()
-        if val_loader is not None and (done % cfg.TRAIN.EVAL_PERIOD == 0 or done == cfg.SOLVER.MAX_EPOCH):
-            result = evaluate(state.model, val_loader, cfg, info, split="val")
-            stats.write(dict(epoch=done, **result), step=done)
-        logger.info(f"epoch {done} done: " + " ".join(f"{k} {v:.4f}" for k, v in epoch_avg.items()))
-    stats.close()
-    return state
+    trainer = Trainer(cfg, info, model, loader, default_hooks(cfg, val_loader))
+    trainer.restore()
+    trainer.wrap_distributed()
+    return trainer
+
+
+def train(cfg: CfgNode, info: DistInfo) -> Trainer:
+    trainer = build_trainer(cfg, info)
+    trainer.train()
+    return trainer
