@@ -6,35 +6,14 @@ Call ``set_loader_epoch(loader, epoch)`` before iterating each epoch: it reshuff
 moves the datasets' per-item random draws to the new epoch.
 """
 import random
-from typing import Iterator, List
+from typing import List
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from videodiff.data.build import build_dataset
-
-
-class ShardSampler(Sampler):
-    """Evaluation sampler: rank ``r`` of ``w`` gets the contiguous items ``[r*n//w, (r+1)*n//w)``.
-
-    No padding and no duplicates: every item is seen exactly once over all ranks, so metrics are
-    exact; ranks may get one item more or fewer than each other. Contiguous shares keep a video's
-    views together on one rank.
-    """
-
-    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1):
-        self.start = rank * num_items // world_size
-        self.stop = (rank + 1) * num_items // world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def set_epoch(self, epoch: int) -> None:
-        """The order never changes; present so every sampler accepts ``set_epoch``."""
+from videodiff.data.samplers import ResumableDistributedSampler, ShardSampler
 
 
 def collate_clips(items: List[dict]) -> dict:
@@ -77,8 +56,8 @@ def build_loader(cfg, split: str, rank: int = 0, world_size: int = 1) -> DataLoa
     dataset = build_dataset(cfg, split)
     train = split == "train"
     if train:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=cfg.RNG_SEED, drop_last=True)
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              seed=cfg.RNG_SEED, drop_last=True)
         _check_one_batch(len(sampler), batch_size, world_size, len(dataset))
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
@@ -97,8 +76,16 @@ def _check_one_batch(per_rank_items: int, batch_size: int, world_size: int, tota
                          f"{batch_size * world_size} over {world_size} rank(s)")
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Call before iterating ``loader`` for ``epoch``: reshuffles the sampler, re-seeds item draws."""
+def set_loader_epoch(loader: DataLoader, epoch: int, start_iter: int = 0) -> None:
+    """Call before iterating ``loader`` for ``epoch``: reshuffles the sampler, re-seeds item draws.
+
+    ``start_iter`` > 0 resumes mid-epoch: the first ``start_iter`` batches of this epoch's order are
+    skipped without being loaded, so the resumed epoch neither repeats nor skips samples.
+    """
     for obj in (loader.sampler, loader.dataset):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+    if start_iter:
+        if not hasattr(loader.sampler, "set_start_index"):
+            raise ValueError(f"{type(loader.sampler).__name__} cannot resume mid-epoch")
+        loader.sampler.set_start_index(start_iter * loader.batch_size)

@@ -3,7 +3,7 @@
 A hook sees the trainer at fixed points. ``before_step`` may return a changed batch (mixup does);
 ``after_step`` gets the step's metrics. Order matters only where stated in ``default_hooks``.
 """
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from videodiff.engine.distributed import all_reduce_mean
 from videodiff.engine.evaluate import evaluate
@@ -31,6 +31,13 @@ class Hook:
         pass
 
     def after_train(self, trainer: "Trainer") -> None:
+        pass
+
+    def state_dict(self) -> Optional[dict]:
+        """State to keep in checkpoints (e.g. EMA weights), or None for a stateless hook."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 

@@ -54,6 +54,7 @@ class Trainer:
         if latest:
             saved = ckpt.resume(latest, self.model, self.optimizer, self.scaler)
             self.start_epoch, self.last_checkpoint = int(saved["epoch"]), latest
+            self.load_hook_states(saved.get("hooks", {}), latest)
             logger.info(f"resumed from {latest}: continuing at epoch {self.start_epoch + 1}")
         elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
             saved = ckpt.load_state(cfg.TRAIN.CHECKPOINT_FILE_PATH)
@@ -69,9 +70,23 @@ class Trainer:
         """Main rank writes ``checkpoint_epoch_{epoch}``; every rank waits for it."""
         if self.info.is_main:
             self.last_checkpoint = ckpt.save_checkpoint(self.cfg.OUTPUT_DIR, epoch, self.model, self.optimizer,
-                                                        self.scaler, self.cfg.dump())
+                                                        self.scaler, self.cfg.dump(),
+                                                        extra={"hooks": self.hook_states()})
             logger.info(f"saved {self.last_checkpoint}")
         barrier()
+
+    def hook_states(self) -> dict:
+        states = {type(h).__name__: h.state_dict() for h in self.hooks}
+        return {name: state for name, state in states.items() if state is not None}
+
+    def load_hook_states(self, states: dict, path: str) -> None:
+        for hook in self.hooks:
+            name = type(hook).__name__
+            if hook.state_dict() is not None:
+                if name not in states:
+                    raise ckpt.CheckpointError(f"checkpoint {path} has no state for {name}; it was written by a "
+                                               f"run without it")
+                hook.load_state_dict(states[name])
 
     # ------------------------------------------------------------------ loop
     def step(self, batch: dict) -> dict:
