@@ -64,7 +64,8 @@ class DiffMAE(nn.Module):
         self.decoder_type, self.decoder_embed_dim = decoder_type, decoder_embed_dim
         self.mask_type, self.mask_ratio = mask_type, mask_ratio
         self.target_slice, self.norm_pix_loss = target_slice, norm_pix_loss
-        self.diffusion = GaussianDiffusion(num_steps, beta_start, beta_end, rho, schedule)
+        with torch.device("cpu"):  # schedule arrays live on the CPU in float64, also when built under a meta device
+            self.diffusion = GaussianDiffusion(num_steps, beta_start, beta_end, rho, schedule)
 
         self.encoder = VisionTransformer(patch_size, t_patch, in_chans, embed_dim, depth, num_heads, mlp_ratio,
                                          qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True)
