@@ -16,10 +16,21 @@ _C.TRAIN.BATCH_SIZE = 64
 _C.TRAIN.AUTO_RESUME = True
 # Save a checkpoint every this many epochs (the last epoch is always saved).
 _C.TRAIN.CHECKPOINT_PERIOD = 1
+# Also save a mid-epoch checkpoint every this many iterations (0 = off); resuming skips exactly the
+# samples already seen in that epoch.
+_C.TRAIN.CHECKPOINT_ITER_PERIOD = 0
+# On a NaN / Inf loss: False stops with the iteration and the last good checkpoint; True skips the step.
+_C.TRAIN.SKIP_NONFINITE_LOSS = False
+# Load checkpoints with torch.load(weights_only=True). Set False only for trusted legacy files that
+# pickle Python objects: unpickling runs arbitrary code.
+_C.TRAIN.CHECKPOINT_WEIGHTS_ONLY = True
 # Evaluate on the validation split every this many epochs (0 = never).
 _C.TRAIN.EVAL_PERIOD = 1
 # Initialise from this checkpoint when there is nothing to resume from.
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""
+# When initialising from TRAIN.CHECKPOINT_FILE_PATH, drop the checkpoint's classification head (e.g. a
+# Kinetics-400 classifier fine-tuned on another label set). Off: a head of another shape is an error.
+_C.TRAIN.CHECKPOINT_DROP_HEAD = False
 # bf16 autocast on GPU (ignored on CPU, where fp32 is both faster and exact).
 _C.TRAIN.MIXED_PRECISION = True
 # Autocast dtype on GPU: bfloat16 (no loss scaling needed) or float16 (uses a GradScaler).
@@ -37,6 +48,9 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 1
 _C.TEST.NUM_SPATIAL_CROPS = 1
 # Evaluate this checkpoint; empty = the newest one in OUTPUT_DIR/checkpoints.
 _C.TEST.CHECKPOINT_FILE_PATH = ""
+# Save per-video scores of the final test (softmax averaged over views, labels, views found) to this
+# file with torch.save; a relative path is inside OUTPUT_DIR. Empty = do not save.
+_C.TEST.SAVE_RESULTS_PATH = ""
 
 # ---------------------------------------------------------------- data
 _C.DATA = CfgNode()
@@ -101,6 +115,13 @@ _C.VIT.NUM_HEADS = 12
 _C.VIT.MLP_RATIO = 4.0
 _C.VIT.QKV_BIAS = True
 _C.VIT.DROP_PATH_RATE = 0.0
+# "sincos" (fixed, regenerated for any clip size; our pretraining) or "learned" (absolute, one table for the
+# train clip's token grid; imported checkpoints, see tools/convert_checkpoint.py). Downstream models only.
+_C.VIT.POS_EMBED = "sincos"
+# Prepend a class token (imported MAE / MAE-ST checkpoints have one); classification still pools patch tokens.
+_C.VIT.CLS_TOKEN = False
+# LayerNorm eps of the encoder and head: 1e-6 reproduces MAE / MAE-ST / VideoMAE weights exactly.
+_C.VIT.NORM_EPS = 1e-5
 
 # ---------------------------------------------------------------- masked pretraining (MAE, DiffMAE)
 _C.MASK = CfgNode()
@@ -134,6 +155,25 @@ _C.MAE = CfgNode()
 # The MAE baseline reuses DIFFMAE.DECODER_DEPTH / DECODER_EMBED_DIM / DECODER_NUM_HEADS, so both run at
 # identical dimensions.
 _C.MAE.NORM_PIX_LOSS = True
+
+# ---------------------------------------------------------------- fine-tuning regularisers
+# Mixup / CutMix on training batches (timm's Mixup, "batch" mode), soft targets with label smoothing.
+_C.MIXUP = CfgNode()
+_C.MIXUP.ENABLE = False
+# Beta(ALPHA, ALPHA) mixing weight for mixup; 0 disables mixup.
+_C.MIXUP.ALPHA = 0.8
+# Beta(CUTMIX_ALPHA, CUTMIX_ALPHA) area for cutmix (one box, same in every frame); 0 disables cutmix.
+_C.MIXUP.CUTMIX_ALPHA = 1.0
+# Probability of mixing a batch at all, and of choosing cutmix over mixup when both are on.
+_C.MIXUP.PROB = 1.0
+_C.MIXUP.SWITCH_PROB = 0.5
+_C.MIXUP.LABEL_SMOOTH_VALUE = 0.1
+
+# Exponential moving average of the weights (timm's ModelEmaV3), kept in checkpoints; when on, validation also
+# reports the EMA model ("val_ema") and the final test evaluates the EMA weights.
+_C.MODEL_EMA = CfgNode()
+_C.MODEL_EMA.ENABLE = False
+_C.MODEL_EMA.DECAY = 0.9999
 
 # ---------------------------------------------------------------- run
 _C.OUTPUT_DIR = "./output"

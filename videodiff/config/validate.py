@@ -25,7 +25,7 @@ _rule(["TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.SAMPLING_
        "TEST.NUM_SPATIAL_CROPS", "LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD", "VIT.PATCH_SIZE",
        "VIT.TEMPORAL_PATCH_SIZE", "VIT.EMBED_DIM", "VIT.DEPTH", "VIT.NUM_HEADS", "VIT.IN_CHANNELS",
        "MODEL.NUM_CLASSES"], lambda v: v >= 1, "an integer >= 1")
-_rule(["DATA_LOADER.NUM_WORKERS", "TRAIN.EVAL_PERIOD", "RNG_SEED"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DATA_LOADER.NUM_WORKERS", "TRAIN.EVAL_PERIOD", "RNG_SEED", "TRAIN.CHECKPOINT_ITER_PERIOD"], lambda v: v >= 0, "an integer >= 0")
 _rule(["SOLVER.BASE_LR", "VIT.MLP_RATIO"], lambda v: v > 0, "a number > 0")
 _rule(["SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_EPOCHS", "SOLVER.CLIP_GRAD", "SOLVER.COSINE_END_LR",
        "SOLVER.MOMENTUM"], lambda v: v >= 0, "a number >= 0")
@@ -49,6 +49,12 @@ _rule(["DIFFUSION.BETA_START", "DIFFUSION.BETA_END"], lambda v: 0 < v < 1, "a nu
 _rule(["DIFFUSION.SCHEDULE"], lambda v: v in ("linear", "cosine"), "one of linear, cosine")
 _rule(["DIFFMAE.DECODER_TYPE"], lambda v: v in ("joint", "cross", "cross_self"), "one of joint, cross, cross_self")
 _rule(["DIFFMAE.TARGET_SLICE"], lambda v: v >= 0, "an integer >= 0")
+_rule(["VIT.POS_EMBED"], lambda v: v in ("sincos", "learned"), "one of sincos, learned")
+_rule(["VIT.NORM_EPS"], lambda v: v > 0, "a number > 0")
+_rule(["MIXUP.ALPHA", "MIXUP.CUTMIX_ALPHA"], lambda v: v >= 0, "a number >= 0")
+_rule(["MIXUP.PROB", "MIXUP.SWITCH_PROB"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_rule(["MIXUP.LABEL_SMOOTH_VALUE"], lambda v: 0 <= v < 1, "a number in [0, 1)")
+_rule(["MODEL_EMA.DECAY"], lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
 def _get(cfg: CfgNode, key: str):
@@ -85,6 +91,20 @@ def _cross_key_rules(cfg: CfgNode):
         yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by DIFFMAE.DECODER_NUM_HEADS = {heads}"
     if dec % 8:
         yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by 8 (3-D sin-cos position embedding)"
+    yield from _downstream_rules(cfg)
+
+
+def _downstream_rules(cfg: CfgNode):
+    """Fine-tuning / probing keys: mixup must mix something; learned positions fix one clip size."""
+    if cfg.MIXUP.ENABLE and cfg.MIXUP.ALPHA == 0 and cfg.MIXUP.CUTMIX_ALPHA == 0:
+        yield "MIXUP.ENABLE", "is True but MIXUP.ALPHA and MIXUP.CUTMIX_ALPHA are both 0"
+    if cfg.VIT.POS_EMBED == "learned" and cfg.DATA.TEST_CROP_SIZE != cfg.DATA.TRAIN_CROP_SIZE:
+        yield "DATA.TEST_CROP_SIZE", (f"= {cfg.DATA.TEST_CROP_SIZE} differs from DATA.TRAIN_CROP_SIZE = "
+                                      f"{cfg.DATA.TRAIN_CROP_SIZE}; learned position embeddings (VIT.POS_EMBED "
+                                      f"learned) cover one token grid")
+    if cfg.MODEL.MODEL_NAME in ("DiffMAE", "MAE") and (cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN):
+        yield "VIT.POS_EMBED", (f"/ VIT.CLS_TOKEN are for downstream models; {cfg.MODEL.MODEL_NAME} pretrains "
+                                f"with sin-cos positions and no class token")
 
 
 def validate_config(cfg: CfgNode, sources: Dict[str, str]) -> None:

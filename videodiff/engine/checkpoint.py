@@ -1,8 +1,10 @@
 """Checkpoints: atomic save, newest-complete lookup for auto-resume, safe loading.
 
 Layout: ``OUTPUT_DIR/checkpoints/checkpoint_epoch_{:05d}.pyth`` where the number counts *completed*
-epochs. A file is written to a temporary name and renamed into place, so a kill during the write
-never leaves a truncated file under a real checkpoint name.
+epochs; a mid-epoch checkpoint (pre-emption, TRAIN.CHECKPOINT_ITER_PERIOD) adds the iterations done in
+the next epoch: ``checkpoint_epoch_00002_iter_000040.pyth`` = 2 epochs + 40 iterations. A file is
+written to a temporary name, fsynced and renamed into place, so a kill during the write never leaves a
+truncated file under a real checkpoint name. Checkpoints are never deleted by videodiff.
 """
 import os
 import re
@@ -12,7 +14,7 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from torch import nn
 
-_NAME = re.compile(r"^checkpoint_epoch_(\d{5})\.pyth$")
+_NAME = re.compile(r"^checkpoint_epoch_(\d{5})(?:_iter_(\d{6}))?\.pyth$")
 
 
 class CheckpointError(RuntimeError):
@@ -23,8 +25,10 @@ def checkpoint_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
-def checkpoint_path(output_dir: str, epoch: int) -> str:
-    return os.path.join(checkpoint_dir(output_dir), f"checkpoint_epoch_{epoch:05d}.pyth")
+def checkpoint_path(output_dir: str, epoch: int, iteration: int = 0) -> str:
+    """Path for the state after ``epoch`` completed epochs plus ``iteration`` steps of the next one."""
+    suffix = f"_iter_{iteration:06d}" if iteration else ""
+    return os.path.join(checkpoint_dir(output_dir), f"checkpoint_epoch_{epoch:05d}{suffix}.pyth")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -33,12 +37,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(output_dir: str, epoch: int, model: nn.Module, optimizer=None, scaler=None,
-                    cfg_yaml: str = "", extra: Optional[Dict[str, Any]] = None) -> str:
-    """Write the state after ``epoch`` completed epochs; returns the path. Call on the main rank only."""
-    path = checkpoint_path(output_dir, epoch)
+                    cfg_yaml: str = "", extra: Optional[Dict[str, Any]] = None, iteration: int = 0) -> str:
+    """Write the state after ``epoch`` completed epochs (+ ``iteration`` steps); returns the path.
+
+    Call on the main rank only.
+    """
+    path = checkpoint_path(output_dir, epoch, iteration)
     g_pathmgr.mkdirs(os.path.dirname(path))
     state = {
         "epoch": epoch,
+        "iter": iteration,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -59,8 +67,13 @@ def find_latest_checkpoint(output_dir: str) -> Optional[str]:
     folder = checkpoint_dir(output_dir)
     if not g_pathmgr.exists(folder):
         return None
-    names = [n for n in g_pathmgr.ls(folder) if _NAME.match(n)]
-    return os.path.join(folder, max(names)) if names else None
+    found = [(_position(m), n) for n in g_pathmgr.ls(folder) for m in [_NAME.match(n)] if m]
+    return os.path.join(folder, max(found)[1]) if found else None
+
+
+def _position(match: "re.Match") -> tuple:
+    """(completed epochs, iterations into the next epoch) of a checkpoint file name."""
+    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def load_state(path: str, weights_only: bool = True) -> Dict[str, Any]:

@@ -5,7 +5,7 @@ every rank, so a view is counted once even if a sampler repeats it; a video's sc
 over its views.
 """
 import os
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -44,39 +44,69 @@ def collect_outputs(model: nn.Module, loader, cfg: CfgNode, info: DistInfo):
     return scores, loss_sum, count
 
 
-def aggregate_views(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], views_expected: int) -> dict:
-    """Average softmax over each video's views; top-1 / top-5 accuracy and view coverage."""
-    per_video: Dict[int, list] = {}
-    for (video, _), (probs, label) in scores.items():
-        per_video.setdefault(video, [np.zeros_like(probs), 0, label])
-        per_video[video][0] += probs
-        per_video[video][1] += 1
-    if not per_video:
-        return {}
-    mean = np.stack([v[0] / v[1] for v in per_video.values()])
-    labels = np.array([v[2] for v in per_video.values()])
-    k = min(5, mean.shape[1])
-    top5 = np.argsort(-mean, axis=1)[:, :k]
-    views = np.array([v[1] for v in per_video.values()])
-    return {"top1_acc": float(100 * (top5[:, 0] == labels).mean()),
-            "top5_acc": float(100 * (top5 == labels[:, None]).any(1).mean()),
-            "num_videos": len(per_video), "views_per_video_min": int(views.min()),
-            "views_per_video_expected": views_expected}
+def merge_rank_outputs(gathered: List[tuple]) -> Tuple[dict, float, int]:
+    """Every rank's ``collect_outputs`` -> (one score per (video, view), total loss sum, total count).
 
-
-def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str, views_expected: int = 1) -> dict:
-    """Pretext loss and (for classifiers) multi-view accuracy over the whole split, identical on every rank."""
-    scores, loss_sum, count = collect_outputs(model, loader, cfg, info)
+    Scores merge by key, so a view that two ranks both evaluated (a padded shard) is counted once.
+    """
     merged: dict = {}
     total_loss, total_count = 0.0, 0
-    for rank_scores, rank_loss, rank_count in all_gather_objects((scores, loss_sum, count)):
+    for rank_scores, rank_loss, rank_count in gathered:
         merged.update(rank_scores)
         total_loss += rank_loss
         total_count += rank_count
+    return merged, total_loss, total_count
+
+
+def video_scores(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]]) -> Dict[str, np.ndarray]:
+    """Per video, sorted by id: ``video`` [V], mean softmax over its views ``scores`` [V, K], ``label`` [V],
+    ``views`` found [V]."""
+    per_video: Dict[int, list] = {}
+    for (video, _), (probs, label) in scores.items():
+        per_video.setdefault(video, [np.zeros_like(probs, dtype=np.float64), 0, label])
+        per_video[video][0] += probs
+        per_video[video][1] += 1
+    ids = sorted(per_video)
+    return {"video": np.array(ids, dtype=np.int64),
+            "scores": np.stack([per_video[v][0] / per_video[v][1] for v in ids]).astype(np.float32),
+            "label": np.array([per_video[v][2] for v in ids], dtype=np.int64),
+            "views": np.array([per_video[v][1] for v in ids], dtype=np.int64)}
+
+
+def aggregate_views(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], views_expected: int) -> dict:
+    """Average softmax over each video's views; top-1 / top-5 accuracy and view coverage."""
+    if not scores:
+        return {}
+    per_video = video_scores(scores)
+    mean, labels, views = per_video["scores"], per_video["label"], per_video["views"]
+    k = min(5, mean.shape[1])
+    top5 = np.argsort(-mean, axis=1, kind="stable")[:, :k]
+    return {"top1_acc": float(100 * (top5[:, 0] == labels).mean()),
+            "top5_acc": float(100 * (top5 == labels[:, None]).any(1).mean()),
+            "num_videos": len(labels), "views_per_video_min": int(views.min()),
+            "views_per_video_max": int(views.max()), "views_per_video_expected": views_expected}
+
+
+def save_video_scores(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], path: str) -> None:
+    """``video_scores`` as tensors in one ``torch.save`` file (loads with ``weights_only=True``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({k: torch.from_numpy(v) for k, v in video_scores(scores).items()}, path)
+
+
+def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str, views_expected: int = 1,
+             save_path: str = "") -> dict:
+    """Pretext loss and (for classifiers) multi-view accuracy over the whole split, identical on every rank.
+
+    With ``save_path`` the main rank also writes the per-video scores there (``save_video_scores``).
+    """
+    scores, loss_sum, count = collect_outputs(model, loader, cfg, info)
+    merged, total_loss, total_count = merge_rank_outputs(all_gather_objects((scores, loss_sum, count)))
     result = {"split": split}
     if total_count:
         result["loss"] = total_loss / total_count
     result.update(aggregate_views(merged, views_expected))
+    if save_path and info.is_main and merged:
+        save_video_scores(merged, save_path)
     return result
 
 
@@ -84,6 +114,7 @@ def run_test(cfg: CfgNode, info: DistInfo) -> dict:
     """Multi-view test of TEST.CHECKPOINT_FILE_PATH (or the run's newest checkpoint) on the test split."""
     from videodiff.data import build_loader
     from videodiff.engine import checkpoint as ckpt
+    from videodiff.engine.ema_hook import ema_weights
     from videodiff.engine.logging import StatsWriter, logger
     from videodiff.models.build import build_model
 
@@ -92,11 +123,17 @@ def run_test(cfg: CfgNode, info: DistInfo) -> dict:
         raise ckpt.CheckpointError(f"TEST.ENABLE needs a checkpoint: TEST.CHECKPOINT_FILE_PATH is empty and "
                                    f"{ckpt.checkpoint_dir(cfg.OUTPUT_DIR)} holds none")
     model = build_model(cfg).to(info.device)
-    ckpt.load_model_state(model, ckpt.load_state(path)["model"], path)
+    state = ckpt.load_state(path, cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)
+    # With MODEL_EMA on, the test evaluates the averaged weights the run kept (engine/ema_hook.py).
+    weights = ema_weights(state, path) if cfg.MODEL_EMA.ENABLE else state["model"]
+    ckpt.load_model_state(model, weights, path)
     loader = build_loader(cfg, "test", info.rank, info.world_size)
     views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS
-    result = evaluate(model, loader, cfg, info, split="test_final", views_expected=views)
-    result["checkpoint"] = path
+    save = cfg.TEST.SAVE_RESULTS_PATH and os.path.join(cfg.OUTPUT_DIR, cfg.TEST.SAVE_RESULTS_PATH)
+    result = evaluate(model, loader, cfg, info, split="test_final", views_expected=views, save_path=save)
+    result.update(checkpoint=path, ema_weights=bool(cfg.MODEL_EMA.ENABLE))
+    if save:
+        result["scores_file"] = save
     stats = StatsWriter(cfg.OUTPUT_DIR, info.is_main, tensorboard=False)
     stats.write(result)
     logger.info("test: " + " ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"

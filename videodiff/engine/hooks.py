@@ -55,8 +55,8 @@ class LoggingHook(Hook):
 
     def after_step(self, trainer, metrics):
         it, iters, cfg = trainer.iter, trainer.iters_per_epoch, trainer.cfg
-        if (it + 1) % cfg.LOG_PERIOD and it + 1 != iters:
-            return
+        if not metrics or ((it + 1) % cfg.LOG_PERIOD and it + 1 != iters):
+            return  # empty metrics: a skipped non-finite step
         avg = {k: float(all_reduce_mean(v)) for k, v in metrics.items()}
         done_steps = trainer.steps_this_run
         remaining = (cfg.SOLVER.MAX_EPOCH - trainer.epoch) * iters - it - 1
@@ -97,7 +97,20 @@ class EvalHook(Hook):
 
 def default_hooks(cfg, val_loader=None) -> List[Hook]:
     """The schedule runs before every step; checkpointing runs before evaluation (a crash in eval loses nothing)."""
+    from videodiff.engine.preemption import IterCheckpointHook, PreemptionHook
+
     hooks: List[Hook] = [LRScheduleHook(), LoggingHook(), CheckpointHook()]
+    if cfg.MIXUP.ENABLE:
+        from videodiff.engine.mixup_hook import MixupHook, build_mixup
+
+        hooks.append(MixupHook(build_mixup(cfg)))
+    if cfg.MODEL_EMA.ENABLE:  # before any hook that checkpoints in after_step, so saved EMA has every update
+        from videodiff.engine.ema_hook import EmaHook
+
+        hooks.append(EmaHook(cfg.MODEL_EMA.DECAY, val_loader))
+    if cfg.TRAIN.CHECKPOINT_ITER_PERIOD:
+        hooks.append(IterCheckpointHook(cfg.TRAIN.CHECKPOINT_ITER_PERIOD))
+    hooks.append(PreemptionHook())  # after the others: a pre-empted step is fully logged and counted
     if val_loader is not None:
         hooks.append(EvalHook(val_loader))
     return hooks

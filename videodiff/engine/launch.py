@@ -6,17 +6,38 @@ import os
 import sys
 from typing import Sequence
 
+from iopath.common.file_io import g_pathmgr
+
 from videodiff.config import ConfigError, dump_config, load_config
 from videodiff.engine.checkpoint import CheckpointError
 from videodiff.engine.distributed import barrier, cleanup, init_distributed
 from videodiff.engine.logging import logger, setup_logging
+from videodiff.engine.preemption import Preempted
 
 # Errors whose message already says what is wrong and where: no traceback needed.
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError)
 
 
+def check_run_paths(cfg) -> None:
+    """Refuse a missing data folder or an unwritable output folder before any work is done."""
+    needs_data = (cfg.TRAIN.ENABLE or cfg.TEST.ENABLE) and not cfg.TRAIN.DRY_RUN
+    data_dir = cfg.DATA.PATH_TO_DATA_DIR
+    if needs_data and not (data_dir and g_pathmgr.isdir(data_dir)):
+        raise ConfigError(f"DATA.PATH_TO_DATA_DIR = {data_dir!r} is not a folder (it must hold the split lists "
+                          f"train.csv / val.csv / test.csv, or train/ val/ image folders)")
+    probe = os.path.join(cfg.OUTPUT_DIR, f".write_test.{os.getpid()}")
+    try:
+        g_pathmgr.mkdirs(cfg.OUTPUT_DIR)
+        with g_pathmgr.open(probe, "w") as f:
+            f.write("ok")
+        g_pathmgr.rm(probe)
+    except OSError as e:
+        raise ConfigError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r} cannot be written: {e.strerror or e}") from None
+
+
 def run(cfg_file: str, opts: Sequence[str]) -> None:
     cfg = load_config(cfg_file, opts)
+    check_run_paths(cfg)
     info = init_distributed()
     if cfg.TRAIN.BATCH_SIZE % info.world_size:
         raise ConfigError(f"TRAIN.BATCH_SIZE = {cfg.TRAIN.BATCH_SIZE} is not divisible by the world size "
@@ -39,6 +60,9 @@ def run(cfg_file: str, opts: Sequence[str]) -> None:
 def main(cfg_file: str, opts: Sequence[str]) -> int:
     try:
         run(cfg_file, opts)
+    except Preempted as e:
+        print(e.message, file=sys.stderr)
+        return 0
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

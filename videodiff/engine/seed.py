@@ -11,3 +11,21 @@ def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
+
+
+def rng_state() -> dict:
+    """This process's generator states, in types that load with ``weights_only=True``."""
+    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of ``rng_state`` (a resumed mid-epoch run continues the same random stream)."""
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
