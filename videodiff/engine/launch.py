@@ -38,10 +38,13 @@ def check_run_paths(cfg) -> None:
 def run(cfg_file: str, opts: Sequence[str]) -> None:
     cfg = load_config(cfg_file, opts)
     check_run_paths(cfg)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the group: no hang
+    for key in ("TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
+        value = cfg.TRAIN.BATCH_SIZE if key == "TRAIN.BATCH_SIZE" else cfg.TEST.BATCH_SIZE
+        if value % world_size:
+            raise ConfigError(f"{key} = {value} is not divisible by the world size {world_size}; "
+                              f"use a multiple of {world_size}")
     info = init_distributed()
-    if cfg.TRAIN.BATCH_SIZE % info.world_size:
-        raise ConfigError(f"TRAIN.BATCH_SIZE = {cfg.TRAIN.BATCH_SIZE} is not divisible by the world size "
-                          f"{info.world_size}")
     setup_logging(cfg.OUTPUT_DIR, info.is_main)
     if info.is_main:
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))

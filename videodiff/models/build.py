@@ -6,6 +6,7 @@ from torch import nn
 
 from videodiff.models.classifier import VitClassifier
 from videodiff.models.diffmae import DiffMAE
+from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
 
 # name -> (model class, function mapping the config to its constructor arguments)
@@ -26,12 +27,28 @@ def vit_args(cfg: CfgNode) -> dict:
                 qkv_bias=v.QKV_BIAS, drop_path_rate=v.DROP_PATH_RATE)
 
 
-def _classifier_args(cfg: CfgNode) -> dict:
-    return dict(vit_args(cfg), num_classes=cfg.MODEL.NUM_CLASSES, dropout=cfg.MODEL.DROPOUT_RATE,
+def encoder_args(cfg: CfgNode) -> dict:
+    """vit_args plus the options only downstream models take (for imported checkpoints: learned positions on
+    the train clip's token grid, a class token, LayerNorm eps)."""
+    v, grid = cfg.VIT, None
+    if v.POS_EMBED == "learned":
+        grid = (cfg.DATA.NUM_FRAMES // v.TEMPORAL_PATCH_SIZE, cfg.DATA.TRAIN_CROP_SIZE // v.PATCH_SIZE,
+                cfg.DATA.TRAIN_CROP_SIZE // v.PATCH_SIZE)
+    return dict(vit_args(cfg), pos_embed_type=v.POS_EMBED, pos_grid=grid, cls_token=v.CLS_TOKEN,
+                norm_eps=v.NORM_EPS)
+
+
+def classifier_args(cfg: CfgNode) -> dict:
+    return dict(encoder_args(cfg), num_classes=cfg.MODEL.NUM_CLASSES, dropout=cfg.MODEL.DROPOUT_RATE,
                 label_smoothing=cfg.MODEL.LABEL_SMOOTHING)
 
 
-register_model("VitClassifier", VitClassifier, _classifier_args)
+def _linear_probe_args(cfg: CfgNode) -> dict:
+    return dict(encoder_args(cfg), num_classes=cfg.MODEL.NUM_CLASSES)
+
+
+register_model("VitClassifier", VitClassifier, classifier_args)
+register_model("VitLinearProbe", VitLinearProbe, _linear_probe_args)
 
 
 def _masked_decoder_args(cfg: CfgNode) -> dict:
