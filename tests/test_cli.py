@@ -98,3 +98,12 @@ def test_two_process_torchrun_leaves_identical_parameters(demo_dir, tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert any(not torch.equal(rank0[k], initial["model"][k]) for k in rank0)  # epoch 2 trained
+
+
+@pytest.mark.parametrize("cfg", ["configs/demo/diffmae_tiny.yaml", "configs/demo/mae_tiny.yaml", CFG])
+def test_dry_run_counts_parameters_and_flops_without_data(cfg, tmp_path):
+    proc = run_net(cfg, ["TRAIN.DRY_RUN", "True", "DATA.PATH_TO_DATA_DIR", "/nowhere", "OUTPUT_DIR", str(tmp_path)])
+    line = [l for l in proc.stdout.splitlines() if "dry run:" in l][-1]
+    fields = dict(part.strip().split(" ", 1) for part in line.split("dry run:")[1].split(","))
+    assert float(fields["params_M"]) > 0.1 and float(fields["gflops_per_clip"]) > 0.01
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))

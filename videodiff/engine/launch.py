@@ -37,6 +37,12 @@ def check_run_paths(cfg) -> None:
 
 def run(cfg_file: str, opts: Sequence[str]) -> None:
     cfg = load_config(cfg_file, opts)
+    if cfg.TRAIN.DRY_RUN:
+        from videodiff.engine.dry_run import dry_run
+
+        setup_logging(cfg.OUTPUT_DIR, is_main=True, to_file=False)
+        dry_run(cfg)
+        return
     check_run_paths(cfg)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the group: no hang
     for key in ("TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):

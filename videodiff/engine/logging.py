@@ -15,7 +15,7 @@ import torch
 logger = logging.getLogger("videodiff")
 
 
-def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
+def setup_logging(output_dir: str, is_main: bool, to_file: bool = True) -> logging.Logger:
     logger.handlers.clear()
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     logger.propagate = False
@@ -23,7 +23,7 @@ def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
     logger.addHandler(console)
-    if is_main:
+    if is_main and to_file:
         os.makedirs(output_dir, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
         file_handler.setFormatter(fmt)
