@@ -26,7 +26,7 @@ def mix_batch(mixup: Mixup, batch: dict, device: torch.device) -> dict:
                          f"change TRAIN.BATCH_SIZE or AUG.NUM_SAMPLE")
     # timm's cutmix cuts a box out of the last two axes; folding time into channels makes one box span all
     # frames (the same region of the whole clip is replaced, as video cutmix does).
-    flat = clip.flatten(1, 2).contiguous()                                   # [B, C·T, H, W]
+    flat = clip.flatten(1, 2).clone()  # [B, C·T, H, W]; timm mixes in place, the loader's batch stays intact
     mixed, target = mixup(flat, batch["label"].to(device, non_blocking=True))
     return dict(batch, clip=mixed.reshape(clip.shape), label=target)
 

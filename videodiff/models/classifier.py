@@ -22,11 +22,13 @@ class VitClassifier(nn.Module):
     def __init__(self, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0, **vit_kwargs):
         super().__init__()
         self.encoder = VisionTransformer(final_norm=False, **vit_kwargs)
-        self.head = ClassificationHead(self.encoder.embed_dim, num_classes, dropout)
+        self.head = ClassificationHead(self.encoder.embed_dim, num_classes, dropout,
+                                       norm_eps=vit_kwargs.get("norm_eps", 1e-5))
         self.label_smoothing = label_smoothing
 
     def forward(self, clip: torch.Tensor, label: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        logits = self.head(self.encoder.forward_features(clip))
+        tokens = self.encoder.forward_features(clip)
+        logits = self.head(tokens[:, self.encoder.num_prefix_tokens:])  # pool patch tokens only, as MAE does
         out = {"logits": logits}
         if label is not None:
             out["loss"] = classification_loss(logits, label, self.label_smoothing)
@@ -35,5 +37,13 @@ class VitClassifier(nn.Module):
         return out
 
     def group_matcher(self, coarse: bool = False):
-        return {"stem": r"^encoder\.patch_embed",
-                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^(?:head|encoder\.norm)", (99999,))]}
+        """Layer ids for timm's layer decay: stem 0, block i -> i + 1, head depth + 1 (scale 1).
+
+        The head is deliberately left unmatched: timm puts unmatched names in a last group of their own.
+        Matching it with timm's (99999,) suffix would merge it into the last block's group (one scale fewer).
+        """
+        return {"stem": r"^encoder\.(?:patch_embed|cls_token|cls_pos_embed|learned_pos_embed)",
+                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))]}
+
+    def no_weight_decay(self):
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}

@@ -2,7 +2,13 @@
 
 Blocks are timm's (``timm.models.vision_transformer.Block``: pre-norm attention on
 ``scaled_dot_product_attention`` + MLP), so parameter names match MAE / timm checkpoints.
+
+Our own models use fixed sin-cos positions and no class token. Imported checkpoints (image MAE, MAE-ST,
+VideoMAE; ``videodiff/models/convert.py``) bring learned absolute positions and sometimes a class token:
+``pos_embed_type="learned"`` stores them as ``learned_pos_embed`` [1, T', H', W', D] (the shape names its
+grid, so tools can resize it) and ``cls_token=True`` prepends one token (``num_prefix_tokens`` = 1).
 """
+from functools import partial
 from typing import List, Optional, Tuple
 
 import torch
@@ -19,23 +25,52 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, patch_size: int = 16, t_patch: int = 2, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0, final_norm: bool = True):
+                 drop_path_rate: float = 0.0, final_norm: bool = True, pos_embed_type: str = "sincos",
+                 pos_grid: Optional[Tuple[int, int, int]] = None, cls_token: bool = False, norm_eps: float = 1e-5):
         super().__init__()
-        self.embed_dim, self.depth = embed_dim, depth
+        if pos_embed_type not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed_type must be one of {', '.join(POS_EMBED_TYPES)}, got {pos_embed_type!r}")
+        self.embed_dim, self.depth, self.pos_embed_type = embed_dim, depth, pos_embed_type
+        self.num_prefix_tokens = int(cls_token)
+        # MAE, MAE-ST and VideoMAE use eps 1e-6; imported weights reproduce their features only with theirs.
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.patch_embed = PatchEmbed3d(patch_size, t_patch, in_chans, embed_dim)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
-                  norm_layer=nn.LayerNorm) for rate in rates
+                  norm_layer=norm_layer) for rate in rates
         ])
         # Fine-tuning pools first and normalises after (the head's LayerNorm), so it builds with final_norm=False.
-        self.norm = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self._pos_cache: dict = {}
         self.apply(init_vit_weights)
         init_patch_embed(self.patch_embed)
+        self._add_learned_tokens(pos_grid, cls_token)
+
+    def _add_learned_tokens(self, pos_grid: Optional[Tuple[int, int, int]], cls_token: bool) -> None:
+        """Learned positions for a fixed grid and a class token (with its own learned position if positions are
+        learned; with sin-cos the class token has none, as in MAE). Initialised as timm does (std 0.02)."""
+        learned = self.pos_embed_type == "learned"
+        if learned:
+            if pos_grid is None:
+                raise ValueError("pos_embed_type='learned' needs pos_grid = (T', H', W'), the token grid it covers")
+            self.learned_pos_embed = nn.Parameter(torch.zeros(1, *pos_grid, self.embed_dim))
+        if cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        if cls_token and learned:
+            self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        for name in LEARNED_TOKENS:
+            if hasattr(self, name):
+                trunc_normal_(getattr(self, name), std=0.02)
 
     def pos_embed(self, grid: Tuple[int, int, int], device, dtype) -> torch.Tensor:
-        """[1, N, D] fixed embeddings for this grid, built once per (grid, device, dtype)."""
+        """[1, N, D] embeddings for this grid: the learned table, or sin-cos built once per (grid, device, dtype)."""
+        if self.pos_embed_type == "learned":
+            table = self.learned_pos_embed
+            if tuple(table.shape[1:4]) != tuple(grid):
+                raise ValueError(f"learned position embeddings cover a {tuple(table.shape[1:4])} token grid but the "
+                                 f"clip gives {tuple(grid)}; resize the checkpoint with tools/extend_clip.py")
+            return table.reshape(1, -1, self.embed_dim).to(dtype)
         key = (grid, device, dtype)
         if key not in self._pos_cache:
             self._pos_cache[key] = sincos_3d(self.embed_dim, grid).to(device=device, dtype=dtype)[None]
@@ -51,12 +86,14 @@ class VisionTransformer(nn.Module):
                          return_block_outputs: bool = False):
         """Encode ``clip``; with ``ids_keep`` [B, K] only those tokens enter the blocks (MAE-style).
 
-        Returns normalised tokens [B, K or N, D]; with ``return_block_outputs`` also the list of every
-        block's output (for decoders that read encoder blocks top-down).
+        Returns normalised tokens [B, P + (K or N), D] (P = ``num_prefix_tokens``: the class token comes first);
+        with ``return_block_outputs`` also the list of every block's output (for decoders that read encoder
+        blocks top-down).
         """
         x, _ = self.embed(clip)
         if ids_keep is not None:
             x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.prepend_cls_token(x)
         outputs: List[torch.Tensor] = []
         for block in self.blocks:
             x = block(x)
@@ -64,15 +101,29 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)
         return (x, outputs) if return_block_outputs else x
 
+    def prepend_cls_token(self, x: torch.Tensor) -> torch.Tensor:
+        """tokens [B, K, D] -> [B, P + K, D]: the class token (plus its learned position) first, if there is one."""
+        if not self.num_prefix_tokens:
+            return x
+        cls = self.cls_token + self.cls_pos_embed if hasattr(self, "cls_pos_embed") else self.cls_token
+        return torch.cat([cls.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self.forward_features(clip)
 
     def group_matcher(self, coarse: bool = False):
         """Layer ids for timm's layer-wise lr decay: embeddings = 0, block i = i + 1, final norm = last."""
-        return {"stem": r"^patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+        return {"stem": r"^(?:patch_embed|cls_token|cls_pos_embed|learned_pos_embed)",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def no_weight_decay(self):
-        return set()
+        """Position embeddings and the class token are not decayed (as in MAE / timm)."""
+        return {name for name in LEARNED_TOKENS if hasattr(self, name)}
+
+
+POS_EMBED_TYPES = ("sincos", "learned")
+# Parameters that exist only for imported checkpoints (learned positions, class token).
+LEARNED_TOKENS = ("learned_pos_embed", "cls_token", "cls_pos_embed")
 
 
 def init_vit_weights(module: nn.Module) -> None:
