@@ -150,6 +150,13 @@ _C.DIFFMAE.DECODER_NUM_HEADS = 16
 _C.DIFFMAE.TARGET_SLICE = 0
 # Off: with per-patch normalised targets, generation can only return normalised patches.
 _C.DIFFMAE.NORM_PIX_LOSS = False
+# CLIP-aided DiffMAE (videodiff/models/clip_target.py): a local state-dict file of a timm CLIP ViT image encoder,
+# whose patch features of the clip's middle frame become an extra target of the masked tokens. "" = off.
+_C.DIFFMAE.CLIP_CHECKPOINT = ""
+# Weight of that CLIP feature loss, added to the pixel loss.
+_C.DIFFMAE.CLIP_LOSS_WEIGHT = 1.0
+# The CLIP ViT's MLP activation: "quick_gelu" for OpenAI's weights, "gelu" for OpenCLIP's.
+_C.DIFFMAE.CLIP_ACT = "gelu"
 
 _C.MAE = CfgNode()
 # The MAE baseline reuses DIFFMAE.DECODER_DEPTH / DECODER_EMBED_DIM / DECODER_NUM_HEADS, so both run at

@@ -49,6 +49,8 @@ _rule(["DIFFUSION.BETA_START", "DIFFUSION.BETA_END"], lambda v: 0 < v < 1, "a nu
 _rule(["DIFFUSION.SCHEDULE"], lambda v: v in ("linear", "cosine"), "one of linear, cosine")
 _rule(["DIFFMAE.DECODER_TYPE"], lambda v: v in ("joint", "cross", "cross_self"), "one of joint, cross, cross_self")
 _rule(["DIFFMAE.TARGET_SLICE"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DIFFMAE.CLIP_LOSS_WEIGHT"], lambda v: v >= 0, "a number >= 0")
+_rule(["DIFFMAE.CLIP_ACT"], lambda v: v in ("gelu", "quick_gelu"), "one of gelu, quick_gelu")
 _rule(["VIT.POS_EMBED"], lambda v: v in ("sincos", "learned"), "one of sincos, learned")
 _rule(["VIT.NORM_EPS"], lambda v: v > 0, "a number > 0")
 _rule(["MIXUP.ALPHA", "MIXUP.CUTMIX_ALPHA"], lambda v: v >= 0, "a number >= 0")

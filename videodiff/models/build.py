@@ -1,10 +1,12 @@
 """Config -> model. The only place that reads cfg for models; every model takes plain arguments."""
+import os
 from typing import Callable, Dict, Tuple
 
 from fvcore.common.config import CfgNode
 from torch import nn
 
 from videodiff.models.classifier import VitClassifier
+from videodiff.models.clip_target import CLIPTarget
 from videodiff.models.diffmae import DiffMAE
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
@@ -62,7 +64,21 @@ def _diffmae_args(cfg: CfgNode) -> dict:
     f = cfg.DIFFUSION
     return dict(_masked_decoder_args(cfg), decoder_type=cfg.DIFFMAE.DECODER_TYPE,
                 target_slice=cfg.DIFFMAE.TARGET_SLICE, norm_pix_loss=cfg.DIFFMAE.NORM_PIX_LOSS,
-                num_steps=f.STEPS, beta_start=f.BETA_START, beta_end=f.BETA_END, rho=f.RHO, schedule=f.SCHEDULE)
+                num_steps=f.STEPS, beta_start=f.BETA_START, beta_end=f.BETA_END, rho=f.RHO, schedule=f.SCHEDULE,
+                clip_target=_clip_target(cfg))
+
+
+def _clip_target(cfg: CfgNode):
+    """The frozen-CLIP extra target (DIFFMAE.CLIP_*), or None when DIFFMAE.CLIP_CHECKPOINT is empty."""
+    d = cfg.DIFFMAE
+    if not d.CLIP_CHECKPOINT:
+        return None
+    if not os.path.isfile(d.CLIP_CHECKPOINT):
+        raise FileNotFoundError(f"DIFFMAE.CLIP_CHECKPOINT = {d.CLIP_CHECKPOINT!r}: no such file (a local state dict "
+                                f"of a CLIP ViT image encoder, see videodiff/models/clip_target.py; nothing is "
+                                f"downloaded). Set DIFFMAE.CLIP_CHECKPOINT '' for pixel-only DiffMAE.")
+    return CLIPTarget.from_file(d.CLIP_CHECKPOINT, d.DECODER_EMBED_DIM, cfg.DATA.MEAN, cfg.DATA.STD,
+                                weight=d.CLIP_LOSS_WEIGHT, act=d.CLIP_ACT)
 
 
 def _mae_args(cfg: CfgNode) -> dict:

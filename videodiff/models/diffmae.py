@@ -24,6 +24,9 @@ Conventions (see also ``patchify.py``, ``decoder.py``, ``diffusion.py``):
   so ``generate`` then returns -- and pastes -- *normalised* patches (``result["normalized"]``). The
   default is off for DiffMAE, so generation yields pixels in the clip's (mean/std normalised) space.
 * Timesteps: integer t in [0, num_steps), t = 0 least noisy (``diffusion.py``).
+* CLIP-aided (optional, ``clip_target``): a ``CLIPTarget`` (``clip_target.py``) adds a loss on the decoder's
+  normed output of the masked tokens; ``forward`` then also reports ``loss_pixel`` and ``loss_clip``. Without it
+  (the default) the model, its state dict and its outputs are exactly the pixel-only DiffMAE.
 """
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
@@ -52,7 +55,7 @@ class DiffMAE(nn.Module):
                  decoder_embed_dim: int = 512, decoder_num_heads: int = 16, mask_type: str = "random",
                  mask_ratio: float = 0.9, target_slice: int = 0, norm_pix_loss: bool = False,
                  num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, rho: float = 0.8,
-                 schedule: str = "linear"):
+                 schedule: str = "linear", clip_target: Optional[nn.Module] = None):
         super().__init__()
         _check_choice("decoder type", decoder_type, DECODER_TYPES)
         _check_choice("mask type", mask_type, MASK_KINDS)
@@ -79,6 +82,7 @@ class DiffMAE(nn.Module):
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.slice_dim)
         self._pos_cache: dict = {}
         self.initialize_weights()
+        self.clip_target = clip_target  # initialised by itself; None = pixel-only DiffMAE
 
     def initialize_weights(self) -> None:
         """MAE's init everywhere: xavier-uniform linears, zero biases, unit LayerNorms; nothing zero-initialised.
@@ -121,8 +125,9 @@ class DiffMAE(nn.Module):
         return patch_normalize(x0)[0] if self.norm_pix_loss else x0
 
     def forward_decoder(self, enc: EncoderOutput, x_t: torch.Tensor, t: torch.Tensor, ids_keep: torch.Tensor,
-                        ids_masked: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Noisy slices x_t [B, M, p·p·C] at steps t [B] -> x_0 prediction [B, M, p·p·C]."""
+                        ids_masked: torch.Tensor, grid: Grid, return_features: bool = False):
+        """Noisy slices x_t [B, M, p·p·C] at steps t [B] -> x_0 prediction [B, M, p·p·C]
+        (with ``return_features`` also the normed decoder output [B, M, Dd] it was read from)."""
         latent, contexts = enc
         pos = self.decoder_pos_embed(grid, x_t.device, x_t.dtype).expand(x_t.shape[0], -1, -1)  # [B, N, Dd]
         x = self.noisy_embed(x_t) + gather_tokens(pos, ids_masked) + self.t_embedder(t)[:, None]  # [B, M, Dd]
@@ -135,7 +140,9 @@ class DiffMAE(nn.Module):
         else:
             for block, context in zip(self.decoder_blocks, contexts):
                 x = block(x, context)
-        return self.decoder_pred(self.decoder_norm(x))                              # [B, M, p·p·C]
+        x = self.decoder_norm(x)
+        pred = self.decoder_pred(x)                                                 # [B, M, p·p·C]
+        return (pred, x) if return_features else pred
 
     def forward_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE between x_0 prediction and target, both [B, M, p·p·C] of masked tokens only."""
@@ -148,8 +155,13 @@ class DiffMAE(nn.Module):
         x0 = gather_tokens(self.targets(clip), mask.ids_masked)                    # [B, M, p·p·C]
         t = self.diffusion.sample_timesteps(clip.shape[0], device=clip.device)     # [B], uniform
         x_t = self.diffusion.q_sample(x0, t)
-        pred = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid)
-        return {"loss": self.forward_loss(pred, x0)}
+        pred, features = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid, return_features=True)
+        loss = self.forward_loss(pred, x0)
+        if self.clip_target is None:
+            return {"loss": loss}
+        loss_clip = self.clip_target.loss(features, clip, mask.ids_masked, grid)
+        return {"loss": loss + self.clip_target.weight * loss_clip, "loss_pixel": loss.detach(),
+                "loss_clip": loss_clip.detach()}
 
     # ------------------------------------------------------------------ generation and evaluation
     @torch.no_grad()
