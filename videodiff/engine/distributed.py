@@ -36,9 +36,28 @@ def init_distributed(timeout_minutes: int = 30) -> DistInfo:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart:
+            dist.init_process_group(backend, store=restart_store(rank, world_size, restart, timeout), rank=rank,
+                                    world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def restart_store(rank: int, world_size: int, restart: int, timeout: datetime.timedelta) -> dist.Store:
+    """The env:// store of an elastic restart, under a prefix of its own.
+
+    torchrun's agent keeps serving one store across ``--max-restarts`` restarts, and torch 2.14's env://
+    handler adds no per-attempt prefix, so a restarted group reads the gloo / NCCL addresses that the
+    previous attempt's dead workers published and fails with "connection refused" (seen here with gloo;
+    pytorch/pytorch#167288 reports it for NCCL). A prefix per restart count keeps attempts apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0 and not agent_hosts_store, timeout=timeout)
+    return dist.PrefixStore(f"videodiff/restart_{restart}", store)
 
 
 def is_dist() -> bool:
