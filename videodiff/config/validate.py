@@ -34,6 +34,11 @@ _rule(["SOLVER.LAYER_DECAY"], lambda v: 0 < v <= 1, "a number in (0, 1]")
 _rule(["SOLVER.OPTIMIZING_METHOD"], lambda v: v in ("adamw", "sgd"), "one of adamw, sgd")
 _rule(["SOLVER.LR_POLICY"], lambda v: v in ("cosine", "constant"), "one of cosine, constant")
 _rule(["DATA.DECODING_BACKEND"], lambda v: v in ("pyav", "decord", "torchcodec"), "one of pyav, decord, torchcodec")
+_rule(["DATA.TARGET_FPS"], lambda v: v >= 0, "a number >= 0 (0 = the video's own frames)")
+_rule(["DATA.MAX_RETRIES"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DATA.MAX_FAILED_FRACTION"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_rule(["AUG.RAND_AUG"], lambda v: _is_rand_aug(v),
+      "'' (off) or a RandAugment setting such as rand-m9-n2-mstd0.5 (tokens m<0-10>, n<ops>, mstd<std>, p<prob>)")
 _rule(["TRAIN.AMP_DTYPE"], lambda v: v in ("bfloat16", "float16"), "one of bfloat16, float16")
 _rule(["SOLVER.BETAS"], lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
 _rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
@@ -57,6 +62,13 @@ _rule(["MIXUP.ALPHA", "MIXUP.CUTMIX_ALPHA"], lambda v: v >= 0, "a number >= 0")
 _rule(["MIXUP.PROB", "MIXUP.SWITCH_PROB"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _rule(["MIXUP.LABEL_SMOOTH_VALUE"], lambda v: 0 <= v < 1, "a number in [0, 1)")
 _rule(["MODEL_EMA.DECAY"], lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def _is_rand_aug(value: str) -> bool:
+    from videodiff.data.randaug import parse_rand_aug  # the one grammar of AUG.RAND_AUG
+
+    parse_rand_aug(value)
+    return True
 
 
 def _get(cfg: CfgNode, key: str):

@@ -5,6 +5,7 @@ encoder settings are chosen for reproducibility: the same frames give the same b
 """
 import os
 from fractions import Fraction
+from typing import Optional, Sequence
 
 import av
 import numpy as np
@@ -30,7 +31,8 @@ def _make_parent(path: str) -> None:
     os.makedirs(parent, exist_ok=True)
 
 
-def write_video(path: str, frames, fps: int = 10, codec: str = "libx264") -> None:
+def write_video(path: str, frames, fps: int = 10, codec: str = "libx264",
+                times: Optional[Sequence[float]] = None) -> None:
     """Encode RGB frames as an mp4 (yuv420p).
 
     Args:
@@ -38,6 +40,8 @@ def write_video(path: str, frames, fps: int = 10, codec: str = "libx264") -> Non
         frames: uint8 array or tensor [T, H, W, 3], RGB. H and W must be even (4:2:0 chroma).
         fps: frames per second; frame i gets presentation time i / fps seconds.
         codec: PyAV codec name. The fixed x264 options apply only to libx264.
+        times: optional presentation time of each frame in seconds (increasing, millisecond precision),
+            for variable-frame-rate video; ``fps`` is then only the nominal rate.
     """
     frames = _as_uint8_numpy(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
@@ -46,19 +50,24 @@ def write_video(path: str, frames, fps: int = 10, codec: str = "libx264") -> Non
     if height % 2 or width % 2:
         raise ValueError(
             f"{path}: yuv420p needs even height and width, got shape {tuple(frames.shape)}")
+    if times is not None and (len(times) != len(frames) or any(b <= a for a, b in zip(times, times[1:]))):
+        raise ValueError(f"{path}: times must hold one increasing time per frame, got {len(times)} for {len(frames)}")
+    time_base = Fraction(1, fps) if times is None else Fraction(1, 1000)
+    stamps = range(len(frames)) if times is None else [round(t * 1000) for t in times]
     _make_parent(path)
     # "+bitexact" keeps the muxer from writing the libavformat version string, so files made
     # by different FFmpeg builds of the same encoder differ only where the encoder does.
     with av.open(path, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = Fraction(1, fps)
+        stream.time_base = time_base
+        stream.codec_context.time_base = time_base
         if codec == "libx264":
             stream.options = dict(_X264_OPTIONS)
         stream.codec_context.flags |= int(av.codec.context.Flags.bitexact)
-        for index, rgb in enumerate(frames):
+        for stamp, rgb in zip(stamps, frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = index
+            frame.pts, frame.time_base = stamp, time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush delayed frames
 

@@ -1,8 +1,10 @@
 """ImageNet-style folders as one-frame clips: ``{root}/{split}/{class_name}/*.png|jpg|jpeg``.
 
 Labels are the positions of the class folders in sorted order. Items have the same shape as
-Kinetics items (see ``kinetics.py``) with T = 1: ``clip`` is ``[R, C, 1, H, W]``, ``view`` is 0.
-Test images are resized to ``crop / 0.875`` on the short side and centre-cropped (the ImageNet rule).
+Kinetics items (see ``kinetics.py``) with T = 1: ``clip`` is ``[R, C, 1, H, W]``, ``view`` is 0, so images
+run through the same transforms, collate and model code as videos. Train: random resized crop + flip
+(+ RandAugment when AUG.RAND_AUG is set). Test images are resized to ``crop / 0.875`` on the short side and
+centre-cropped (the ImageNet rule). Unreadable images are handled like bad videos (``bad_media.py``).
 """
 import os
 from typing import List, Optional, Tuple
@@ -13,9 +15,12 @@ from iopath.common.file_io import g_pathmgr
 from PIL import Image
 from torch.utils.data import Dataset
 
+from videodiff.data.bad_media import item_with_retries, placeholder_item
 from videodiff.data.kinetics import SPLITS
+from videodiff.data.media_errors import ImageDecodeError
+from videodiff.data.media_files import media_source
 from videodiff.data.sampling import ItemRng
-from videodiff.data.transforms import build_transform, to_float_clip
+from videodiff.data.transforms import build_transform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Short side at test time = TEST_CROP_SIZE / this (224 -> 256).
@@ -26,13 +31,13 @@ class ImageFolderClips(Dataset):
     """Images under ``folder/{class_name}/``; ``folder`` is one split's directory."""
 
     def __init__(self, folder: str, split: str, transform, num_repeats: int = 1,
-                 num_classes: Optional[int] = None, seed: int = 0):
+                 num_classes: Optional[int] = None, max_retries: int = 10, seed: int = 0):
         """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         if split != "train" and num_repeats != 1:
             raise ValueError(f"num_repeats (AUG.NUM_SAMPLE) is for train; {split} got {num_repeats}")
-        self.split, self.transform, self.num_repeats = split, transform, num_repeats
+        self.split, self.transform, self.num_repeats, self.max_retries = split, transform, num_repeats, max_retries
         self.classes, self.images = _scan(folder)
         if num_classes is not None and len(self.classes) > num_classes:
             raise ValueError(f"{folder}: {len(self.classes)} class folders but MODEL.NUM_CLASSES = {num_classes}")
@@ -44,7 +49,7 @@ class ImageFolderClips(Dataset):
         return cls(os.path.join(cfg.DATA.PATH_TO_DATA_DIR, split), split,
                    build_transform(cfg, split, test_crop_fraction=TEST_CROP_FRACTION),
                    num_repeats=cfg.AUG.NUM_SAMPLE if split == "train" else 1,
-                   num_classes=cfg.MODEL.NUM_CLASSES, seed=cfg.RNG_SEED)
+                   num_classes=cfg.MODEL.NUM_CLASSES, max_retries=cfg.DATA.MAX_RETRIES, seed=cfg.RNG_SEED)
 
     def set_epoch(self, epoch: int) -> None:
         self.rng.set_epoch(epoch)
@@ -53,13 +58,22 @@ class ImageFolderClips(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
+        if self.split == "train":
+            return item_with_retries(self._load, index, len(self), self.max_retries, self.rng.generator(index, 1))
+        try:
+            return self._load(index)
+        except ImageDecodeError as e:
+            size = self.transform.crop_size
+            return placeholder_item((1, len(self.transform.mean), 1, size, size), self.images[index][1], index, 0, e)
+
+    def _load(self, index: int) -> dict:
         path, label = self.images[index]
-        clip = to_float_clip(_read_image(path))  # [C, 1, H, W]
+        frames = _read_image(path)  # [1, H, W, 3]
         if self.split == "train":
             rng = self.rng.generator(index)
-            clips = torch.stack([self.transform(clip, rng) for _ in range(self.num_repeats)])
+            clips = torch.stack([self.transform(frames, rng) for _ in range(self.num_repeats)])
         else:
-            clips = self.transform(clip).unsqueeze(0)
+            clips = self.transform(frames).unsqueeze(0)
         return {"clip": clips, "label": label, "index": index, "view": 0}
 
 
@@ -78,10 +92,16 @@ def _scan(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
 
 
 def _read_image(path: str) -> torch.Tensor:
-    """RGB uint8 ``[1, H, W, 3]``."""
+    """RGB uint8 ``[1, H, W, 3]``; an unreadable file raises ImageDecodeError naming it."""
+    source = media_source(path, ImageDecodeError)
     try:
-        with g_pathmgr.open(path, "rb") as f:
-            image = Image.open(f).convert("RGB")
-    except OSError as e:
-        raise OSError(f"{path}: cannot read image: {e}") from None
-    return torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
+        with Image.open(source) as image:
+            rgb = np.asarray(image.convert("RGB")).copy()
+    # Pillow reports broken files as OSError (truncated, not an image) and, for some formats, as
+    # SyntaxError or ValueError.
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(path, str(e) or type(e).__name__) from None
+    finally:
+        if not isinstance(source, str):
+            source.close()
+    return torch.from_numpy(rgb).unsqueeze(0)

@@ -3,22 +3,27 @@
 Item (every dataset in ``videodiff.data`` returns this shape)::
 
     {"clip":  float32 [R, C, T, H, W], normalized,
-     "label": int, "index": int (video number in the list), "view": int}
+     "label": int, "index": int (video number in the list), "view": int,
+     "skipped": [(path, reason), ...] files that failed on the way (bad_media.py),
+     "valid": bool (only when False: a val/test placeholder for an unreadable video)}
 
 Train: one item per video; R = ``num_repeats`` clips (repeated augmentation), each with its own random
 window and crop, all cut from ONE decode of the union of their frames. ``view`` is 0.
 Val/test: ``num_views * num_crops`` items per video, R = 1; item ``k`` is video ``k // (views * crops)``
 and ``view = k % (views * crops) = temporal_view * num_crops + spatial_crop``.
+Windows are laid on the clock of ``sampling.py`` (``target_fps``; 0 = the video's own frames).
 """
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from videodiff.data.decoding import count_frames, decode_frames
-from videodiff.data.sampling import ItemRng, test_window, train_window
-from videodiff.data.transforms import build_transform, to_float_clip
+from videodiff.data.bad_media import item_with_retries, placeholder_item
+from videodiff.data.decoding import DEFAULT_BACKEND, Video, check_backend, open_video
+from videodiff.data.media_errors import MediaError
+from videodiff.data.sampling import ItemRng, Timeline, test_window, train_window
+from videodiff.data.transforms import build_transform
 from videodiff.data.video_list import read_video_list
 
 SPLITS = ("train", "val", "test")
@@ -30,11 +35,12 @@ class KineticsDataset(Dataset):
     def __init__(self, csv_path: str, split: str, num_frames: int, sampling_rate: int, transform,
                  num_repeats: int = 1, num_views: int = 1, num_crops: int = 1, path_prefix: str = "",
                  separator: str = " ", num_classes: Optional[int] = None, base_dir: Optional[str] = None,
-                 backend: str = "pyav", seed: int = 0):
+                 backend: str = DEFAULT_BACKEND, target_fps: float = 0.0, max_retries: int = 10, seed: int = 0):
         """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test."""
         _check_split_args(split, num_repeats, num_views, num_crops)
-        self.split, self.transform, self.backend = split, transform, backend
-        self.num_frames, self.sampling_rate = num_frames, sampling_rate
+        check_backend(backend)  # a decoder that cannot run here stops the run now, not file by file
+        self.split, self.transform, self.backend, self.target_fps = split, transform, backend, target_fps
+        self.num_frames, self.sampling_rate, self.max_retries = num_frames, sampling_rate, max_retries
         self.num_repeats, self.num_views, self.num_crops = num_repeats, num_views, num_crops
         self.videos = read_video_list(csv_path, path_prefix, separator, num_classes, base_dir)
         self.rng = ItemRng(seed)
@@ -49,7 +55,7 @@ class KineticsDataset(Dataset):
                    build_transform(cfg, split), num_repeats=cfg.AUG.NUM_SAMPLE if split == "train" else 1,
                    num_views=views, num_crops=crops, path_prefix=d.PATH_PREFIX, separator=d.PATH_LABEL_SEPARATOR,
                    num_classes=cfg.MODEL.NUM_CLASSES, base_dir=d.PATH_TO_DATA_DIR, backend=d.DECODING_BACKEND,
-                   seed=cfg.RNG_SEED)
+                   target_fps=d.TARGET_FPS, max_retries=d.MAX_RETRIES, seed=cfg.RNG_SEED)
 
     def set_epoch(self, epoch: int) -> None:
         """Train randomness is drawn from (seed, epoch, index); call before each epoch's iteration."""
@@ -61,26 +67,46 @@ class KineticsDataset(Dataset):
     def __getitem__(self, k: int) -> dict:
         if not 0 <= k < len(self):
             raise IndexError(f"item {k} out of range for {len(self)} items")
-        return self._train_item(k) if self.split == "train" else self._test_item(k)
+        if self.split == "train":
+            return item_with_retries(self._train_item, k, len(self), self.max_retries, self.rng.generator(k, 1))
+        try:
+            return self._test_item(k)
+        except MediaError as e:
+            index, view = divmod(k, self.num_views * self.num_crops)
+            shape = (1, len(self.transform.mean), self.num_frames, self.transform.crop_size, self.transform.crop_size)
+            return placeholder_item(shape, self.videos[index][1], index, view, e)
+
+    def timeline(self, video: Video) -> Timeline:
+        """The sampling clock of ``video`` (reads timestamps only when DATA.TARGET_FPS > 0)."""
+        stamps = video.timestamps() if self.target_fps > 0 else None
+        return Timeline(video.num_frames, stamps, self.target_fps)
+
+    def train_windows(self, video: Video, rng: torch.Generator) -> List[List[int]]:
+        """Frame indices of the R clips of a train item (one random window each)."""
+        clock = self.timeline(video)
+        return [clock.frames(train_window(len(clock), self.num_frames, self.sampling_rate, rng))
+                for _ in range(self.num_repeats)]
 
     def _train_item(self, index: int) -> dict:
         path, label = self.videos[index]
         rng = self.rng.generator(index)
-        total = count_frames(path, self.backend)
-        windows = [train_window(total, self.num_frames, self.sampling_rate, rng) for _ in range(self.num_repeats)]
-        union = sorted(set().union(*windows))
-        frames = decode_frames(path, union, self.backend)  # [U, H, W, 3], the only decode
+        with open_video(path, self.backend) as video:
+            windows = self.train_windows(video, rng)
+            union = sorted(set().union(*windows))
+            frames = video.decode(union)  # [U, H, W, 3], the only decode
         row = {frame: i for i, frame in enumerate(union)}
-        clips = [self.transform(to_float_clip(frames[[row[f] for f in w]]), rng) for w in windows]
+        clips = [self.transform(frames[[row[f] for f in w]], rng) for w in windows]
         return {"clip": torch.stack(clips), "label": label, "index": index, "view": 0}
 
     def _test_item(self, k: int) -> dict:
         index, view = divmod(k, self.num_views * self.num_crops)
         temporal, spatial = divmod(view, self.num_crops)
         path, label = self.videos[index]
-        total = count_frames(path, self.backend)
-        window = test_window(total, self.num_frames, self.sampling_rate, temporal, self.num_views)
-        clip = self.transform(to_float_clip(decode_frames(path, window, self.backend)), spatial, self.num_crops)
+        with open_video(path, self.backend) as video:
+            clock = self.timeline(video)
+            ticks = test_window(len(clock), self.num_frames, self.sampling_rate, temporal, self.num_views)
+            frames = video.decode(clock.frames(ticks))
+        clip = self.transform(frames, spatial, self.num_crops)
         return {"clip": clip.unsqueeze(0), "label": label, "index": index, "view": view}
 
 

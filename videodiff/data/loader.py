@@ -20,13 +20,18 @@ def collate_clips(items: List[dict]) -> dict:
     """Items ``{"clip": [R, C, T, H, W], "label", "index", "view"}`` -> one batch of ``B*R`` clips.
 
     Returns ``clip`` ``[B*R, C, T, H, W]`` and LongTensors ``label``, ``index``, ``view`` ``[B*R]``
-    (an item's scalars repeated for each of its R copies, copies of one item adjacent).
+    (an item's scalars repeated for each of its R copies, copies of one item adjacent), a BoolTensor
+    ``valid`` ``[B*R]`` (False for val/test placeholders of unreadable files) and ``skipped``: the
+    ``(path, reason)`` pairs of every file the items skipped (see ``bad_media.py``), in item order.
     """
     repeats = torch.tensor([item["clip"].shape[0] for item in items])
     batch = {"clip": torch.cat([item["clip"] for item in items])}
     for key in ("label", "index", "view"):
         values = torch.tensor([int(item[key]) for item in items], dtype=torch.long)
         batch[key] = values.repeat_interleave(repeats)
+    valid = torch.tensor([bool(item.get("valid", True)) for item in items])
+    batch["valid"] = valid.repeat_interleave(repeats)
+    batch["skipped"] = [entry for item in items for entry in item.get("skipped", ())]
     return batch
 
 

@@ -1,15 +1,21 @@
-"""Clip transforms: float tensors ``[C, T, H, W]``, one spatial operation applied to every frame.
+"""Clip transforms: uint8 frames ``[T, H, W, 3]`` in, normalized float clips ``[C, T, H, W]`` out.
 
-Pixels are in [0, 1] until ``normalize``; ``DATA.MEAN`` / ``DATA.STD`` are given for that range.
-Train: random resized crop (one box for the whole clip, so motion is not jittered) + horizontal flip,
-all draws from the caller's ``torch.Generator``. Test: resize the short side, then crop ``spatial_idx``
-of ``num_crops`` positions along the long side (1 = centre, 3 = left/centre/right or top/centre/bottom).
+Spatial work (crop, resize, flip) runs on the uint8 frames, before conversion to float: resizing a
+channels-last uint8 tensor is several times faster than resizing floats, and only the small crop is ever
+converted. Pixels are in [0, 1] after conversion; ``DATA.MEAN`` / ``DATA.STD`` are given for that range.
+
+Train: random resized crop (one box for the whole clip, so motion is not jittered) + horizontal flip +
+optional RandAugment (``randaug.py``, the same operations on every frame); all draws come from the
+caller's ``torch.Generator``. Test: resize the short side, then crop ``spatial_idx`` of ``num_crops``
+positions along the long side (1 = centre, 3 = left/centre/right or top/centre/bottom).
 """
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.v2.functional as F
+
+from videodiff.data.randaug import ClipRandAugment
 
 
 def to_float_clip(frames: torch.Tensor) -> torch.Tensor:
@@ -17,11 +23,22 @@ def to_float_clip(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(3, 0, 1, 2).float().div_(255.0)
 
 
-def normalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Per-channel ``(clip - mean) / std`` on ``[C, T, H, W]``."""
-    mean = torch.as_tensor(mean, dtype=clip.dtype).view(-1, 1, 1, 1)
-    std = torch.as_tensor(std, dtype=clip.dtype).view(-1, 1, 1, 1)
-    return (clip - mean) / std
+def _frames_first(frames: torch.Tensor) -> torch.Tensor:
+    """``[T, H, W, C]`` -> ``[T, C, H, W]`` as a view: channels-last memory, which torchvision resizes fastest."""
+    if frames.dim() != 4 or frames.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got shape {tuple(frames.shape)}")
+    return frames.permute(0, 3, 1, 2)
+
+
+def _to_normalized_clip(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``[T, C, H, W]`` (uint8, or float in [0, 1]) -> contiguous normalized float ``[C, T, H, W]``."""
+    scale = 255.0 if frames.dtype == torch.uint8 else 1.0
+    clip = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
+    clip.copy_(frames.transpose(0, 1))
+    # (x / scale - mean) / std as one multiply and one subtract per pixel.
+    gain = torch.tensor([1.0 / (scale * s) for s in std]).view(-1, 1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(-1, 1, 1, 1)
+    return clip.mul_(gain).sub_(shift)
 
 
 def _uniform(low: float, high: float, rng: torch.Generator) -> float:
@@ -71,21 +88,27 @@ def spatial_crop_box(height: int, width: int, crop_size: int, spatial_idx: int, 
 
 
 class TrainTransform:
-    """Random resized crop to ``crop_size`` (same box every frame), random flip, normalize."""
+    """Random resized crop to ``crop_size`` (same box every frame), random flip, RandAugment, normalize."""
 
     def __init__(self, crop_size: int, scale: Sequence[float] = (0.08, 1.0),
                  aspect: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
-                 mean: Sequence[float] = (0.45, 0.45, 0.45), std: Sequence[float] = (0.225, 0.225, 0.225)):
+                 mean: Sequence[float] = (0.45, 0.45, 0.45), std: Sequence[float] = (0.225, 0.225, 0.225),
+                 rand_aug: str = ""):
+        """``rand_aug``: a timm-style RandAugment setting such as ``rand-m9-n2-mstd0.5``; ``""`` = off."""
         self.crop_size, self.scale, self.aspect = crop_size, tuple(scale), tuple(aspect)
         self.flip, self.mean, self.std = flip, tuple(mean), tuple(std)
+        self.rand_aug: Optional[ClipRandAugment] = ClipRandAugment(rand_aug) if rand_aug else None
 
-    def __call__(self, clip: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """``[C, T, H, W]`` in [0, 1] -> normalized ``[C, T, crop, crop]``."""
-        top, left, h, w = random_resized_crop_box(clip.shape[-2], clip.shape[-1], self.scale, self.aspect, rng)
-        clip = F.resized_crop(clip, top, left, h, w, [self.crop_size, self.crop_size], antialias=True)
+    def __call__(self, frames: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """uint8 ``[T, H, W, 3]`` -> normalized ``[C, T, crop, crop]``."""
+        frames = _frames_first(frames)
+        top, left, h, w = random_resized_crop_box(frames.shape[-2], frames.shape[-1], self.scale, self.aspect, rng)
+        frames = F.resized_crop(frames, top, left, h, w, [self.crop_size, self.crop_size], antialias=True)
         if self.flip and _uniform(0.0, 1.0, rng) < 0.5:
-            clip = clip.flip(-1)
-        return normalize(clip, self.mean, self.std)
+            frames = frames.flip(-1)
+        if self.rand_aug is not None:
+            frames = self.rand_aug(frames.float().div_(255.0), rng)
+        return _to_normalized_clip(frames, self.mean, self.std)
 
 
 class TestTransform:
@@ -98,12 +121,12 @@ class TestTransform:
         self.crop_size, self.resize_size = crop_size, resize_size or crop_size
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def __call__(self, clip: torch.Tensor, spatial_idx: int = 0, num_crops: int = 1) -> torch.Tensor:
-        """``[C, T, H, W]`` in [0, 1] -> normalized ``[C, T, crop, crop]``."""
-        clip = F.resize(clip, self.resize_size, antialias=True)
-        top, left = spatial_crop_box(clip.shape[-2], clip.shape[-1], self.crop_size, spatial_idx, num_crops)
-        clip = clip[..., top:top + self.crop_size, left:left + self.crop_size]
-        return normalize(clip, self.mean, self.std)
+    def __call__(self, frames: torch.Tensor, spatial_idx: int = 0, num_crops: int = 1) -> torch.Tensor:
+        """uint8 ``[T, H, W, 3]`` -> normalized ``[C, T, crop, crop]``."""
+        frames = F.resize(_frames_first(frames), self.resize_size, antialias=True)
+        top, left = spatial_crop_box(frames.shape[-2], frames.shape[-1], self.crop_size, spatial_idx, num_crops)
+        frames = frames[..., top:top + self.crop_size, left:left + self.crop_size]
+        return _to_normalized_clip(frames, self.mean, self.std)
 
 
 def build_transform(cfg, split: str, test_crop_fraction: float = 1.0):
@@ -111,5 +134,5 @@ def build_transform(cfg, split: str, test_crop_fraction: float = 1.0):
     d = cfg.DATA
     if split == "train":
         return TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_JITTER_SCALES_RELATIVE, d.TRAIN_JITTER_ASPECT_RELATIVE,
-                              d.RANDOM_FLIP, d.MEAN, d.STD)
+                              d.RANDOM_FLIP, d.MEAN, d.STD, rand_aug=cfg.AUG.RAND_AUG)
     return TestTransform(d.TEST_CROP_SIZE, round(d.TEST_CROP_SIZE / test_crop_fraction), d.MEAN, d.STD)

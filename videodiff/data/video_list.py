@@ -38,7 +38,7 @@ def read_video_list(
         raise FileNotFoundError(f"video list not found: {csv_path}")
     with g_pathmgr.open(csv_path, "r") as f:
         lines = f.read().splitlines()
-    root = path_prefix or (base_dir if base_dir is not None else os.path.dirname(csv_path))
+    root = path_prefix or (base_dir if base_dir is not None else _parent(csv_path))
     entries, problems = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -53,6 +53,14 @@ def read_video_list(
     if not entries:
         raise ValueError(f"{csv_path}: the video list is empty")
     return entries
+
+
+def _parent(path: str) -> str:
+    """The folder of ``path``, URIs included (``os.path.dirname("s3://list.csv")`` would drop a slash)."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{os.path.dirname(rest)}"
+    return os.path.dirname(path)
 
 
 def _parse_line(line: str, separator: str, num_classes: Optional[int]):
