@@ -5,14 +5,16 @@ every rank, so a view is counted once even if a sampler repeats it; a video's sc
 over its views.
 """
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from videodiff.data.bad_media import check_failed_fraction, drop_unreadable
 from videodiff.engine.distributed import DistInfo, all_gather_objects
+from videodiff.engine.logging import logger
 from videodiff.engine.precision import autocast_for
 
 
@@ -23,12 +25,19 @@ def has_split(cfg: CfgNode, split: str) -> bool:
 
 
 @torch.no_grad()
-def collect_outputs(model: nn.Module, loader, cfg: CfgNode, info: DistInfo):
-    """This rank's per-view softmax scores {(video, view): (probs, label)} and summed loss / count."""
+def collect_outputs(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, failed: Optional[Dict[int, str]] = None):
+    """This rank's per-view softmax scores {(video, view): (probs, label)} and summed loss / count.
+
+    Placeholders of unreadable videos are dropped before the model; ``failed`` collects {video: path} of them.
+    """
     model.eval()
     scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]] = {}
     loss_sum, count = 0.0, 0
+    failed = {} if failed is None else failed
     for batch in loader:
+        batch = drop_unreadable(batch, failed)
+        if not len(batch["clip"]):
+            continue
         clip = batch["clip"].to(info.device, non_blocking=True)
         label = batch["label"].to(info.device, non_blocking=True)
         with autocast_for(cfg, info.device):
@@ -93,15 +102,32 @@ def save_video_scores(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], pat
     torch.save({k: torch.from_numpy(v) for k, v in video_scores(scores).items()}, path)
 
 
+def exclude_failed_videos(merged: dict, gathered_failed: List[Dict[int, str]], cfg: CfgNode,
+                          split: str) -> Tuple[dict, int]:
+    """Drop every view of a video with an unreadable view (a partial average would skew it), warn naming each
+    file, and stop when more than DATA.MAX_FAILED_FRACTION of the split's videos failed."""
+    failed: Dict[int, str] = {}
+    for part in gathered_failed:
+        failed.update(part)
+    for video, path in sorted(failed.items()):
+        logger.warning(f"{split}: video {video} ({path}) could not be read; excluded from the metrics")
+    kept = {key: value for key, value in merged.items() if key[0] not in failed}
+    total = len({video for video, _ in merged} | failed.keys())
+    check_failed_fraction(len(failed), total, cfg.DATA.MAX_FAILED_FRACTION, f"{split} videos")
+    return kept, len(failed)
+
+
 def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str, views_expected: int = 1,
              save_path: str = "") -> dict:
     """Pretext loss and (for classifiers) multi-view accuracy over the whole split, identical on every rank.
 
     With ``save_path`` the main rank also writes the per-video scores there (``save_video_scores``).
     """
-    scores, loss_sum, count = collect_outputs(model, loader, cfg, info)
+    failed: Dict[int, str] = {}
+    scores, loss_sum, count = collect_outputs(model, loader, cfg, info, failed)
     merged, total_loss, total_count = merge_rank_outputs(all_gather_objects((scores, loss_sum, count)))
-    result = {"split": split}
+    merged, num_failed = exclude_failed_videos(merged, all_gather_objects(failed), cfg, split)
+    result = {"split": split, "failed_videos": num_failed}
     if total_count:
         result["loss"] = total_loss / total_count
     result.update(aggregate_views(merged, views_expected))

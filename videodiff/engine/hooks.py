@@ -97,9 +97,11 @@ class EvalHook(Hook):
 
 def default_hooks(cfg, val_loader=None) -> List[Hook]:
     """The schedule runs before every step; checkpointing runs before evaluation (a crash in eval loses nothing)."""
+    from videodiff.engine.media_hook import SkippedMediaHook
     from videodiff.engine.preemption import IterCheckpointHook, PreemptionHook
 
     hooks: List[Hook] = [LRScheduleHook(), LoggingHook(), CheckpointHook()]
+    hooks.append(SkippedMediaHook(cfg.DATA.MAX_FAILED_FRACTION))  # after the epoch checkpoint: its stop loses nothing
     if cfg.MIXUP.ENABLE:
         from videodiff.engine.mixup_hook import MixupHook, build_mixup
 
