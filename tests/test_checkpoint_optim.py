@@ -84,3 +84,20 @@ def test_no_weight_decay_on_biases_and_norms():
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     for name, p in model.named_parameters():
         assert (id(p) in decayed) == (p.ndim > 1), name
+
+
+def test_rng_state_survives_a_weights_only_checkpoint_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from videodiff.engine.seed import rng_state, set_rng_state
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    saved = rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.save(saved, tmp_path / "rng.pt")
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]

@@ -15,7 +15,9 @@ def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
 
 def rng_state() -> dict:
     """This process's generator states, in types that load with ``weights_only=True``."""
-    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate())}
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # numpy: timm's Mixup draws from it
+    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -27,5 +29,8 @@ def set_rng_state(state: dict) -> None:
 
     torch.set_rng_state(state["torch"])
     random.setstate(ast.literal_eval(state["python"]))
+    if "numpy" in state:
+        keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
