@@ -37,7 +37,7 @@ from videodiff.models.decoder import DECODER_TYPES, build_decoder_blocks, top_do
 from videodiff.models.diffusion import GaussianDiffusion
 from videodiff.models.masking import MASK_KINDS, Mask, build_mask, gather_tokens, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify, time_slice, unpatchify
-from videodiff.models.pos_embed import sincos_3d, split_dims
+from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.timestep import TimestepEmbedder
 from videodiff.models.vit import VisionTransformer, init_vit_weights
 
@@ -61,7 +61,6 @@ class DiffMAE(nn.Module):
         _check_choice("mask type", mask_type, MASK_KINDS)
         if not 0 <= target_slice < t_patch:
             raise ValueError(f"target_slice {target_slice} must lie in [0, t_patch = {t_patch})")
-        split_dims(decoder_embed_dim)  # decoder sin-cos positions need a width divisible by 8
         self.patch_size, self.t_patch, self.in_chans = patch_size, t_patch, in_chans
         self.slice_dim = patch_size * patch_size * in_chans
         self.decoder_type, self.decoder_embed_dim = decoder_type, decoder_embed_dim
@@ -80,7 +79,7 @@ class DiffMAE(nn.Module):
                                                    decoder_num_heads, mlp_ratio, qkv_bias)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.slice_dim)
-        self._pos_cache: dict = {}
+        self._sincos = SinCosCache(decoder_embed_dim)
         self.initialize_weights()
         self.clip_target = clip_target  # initialised by itself; None = pixel-only DiffMAE
 
@@ -99,10 +98,7 @@ class DiffMAE(nn.Module):
 
     def decoder_pos_embed(self, grid: Grid, device, dtype) -> torch.Tensor:
         """[1, N, Dd] sin-cos positions at the decoder width, cached per (grid, device, dtype)."""
-        key = (grid, device, dtype)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_3d(self.decoder_embed_dim, grid).to(device=device, dtype=dtype)[None]
-        return self._pos_cache[key]
+        return self._sincos(grid, device, dtype)
 
     # ------------------------------------------------------------------ the method, one step each
     def mask(self, clip: torch.Tensor, generator: Optional[torch.Generator] = None) -> Mask:

@@ -14,7 +14,7 @@ from torch import nn
 
 from videodiff.models.masking import MASK_KINDS, Mask, build_mask, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify
-from videodiff.models.pos_embed import sincos_3d, split_dims
+from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.vit import VisionTransformer, init_vit_weights
 
 Grid = Tuple[int, int, int]
@@ -31,7 +31,6 @@ class MAE(nn.Module):
         super().__init__()
         if mask_type not in MASK_KINDS:
             raise ValueError(f"unknown mask type {mask_type!r}; expected one of {', '.join(MASK_KINDS)}")
-        split_dims(decoder_embed_dim)  # decoder sin-cos positions need a width divisible by 8
         self.patch_size, self.t_patch = patch_size, t_patch
         self.decoder_embed_dim = decoder_embed_dim
         self.mask_type, self.mask_ratio, self.norm_pix_loss = mask_type, mask_ratio, norm_pix_loss
@@ -45,7 +44,7 @@ class MAE(nn.Module):
             for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, t_patch * patch_size * patch_size * in_chans)
-        self._pos_cache: dict = {}
+        self._sincos = SinCosCache(decoder_embed_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -59,10 +58,7 @@ class MAE(nn.Module):
 
     def decoder_pos_embed(self, grid: Grid, device, dtype) -> torch.Tensor:
         """[1, N, Dd] sin-cos positions at the decoder width, cached per (grid, device, dtype)."""
-        key = (grid, device, dtype)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_3d(self.decoder_embed_dim, grid).to(device=device, dtype=dtype)[None]
-        return self._pos_cache[key]
+        return self._sincos(grid, device, dtype)
 
     def mask(self, clip: torch.Tensor, generator: Optional[torch.Generator] = None) -> Mask:
         return build_mask(self.mask_type, clip.shape[0], self.grid(clip), self.mask_ratio, clip.device, generator)

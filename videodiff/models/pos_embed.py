@@ -34,3 +34,21 @@ def sincos_3d(dim: int, grid: Tuple[int, int, int]) -> torch.Tensor:
     emb_h = sincos_1d(dim_s, torch.arange(h))[None, :, None].expand(t, h, w, dim_s)
     emb_w = sincos_1d(dim_s, torch.arange(w))[None, None, :].expand(t, h, w, dim_s)
     return torch.cat([emb_t, emb_h, emb_w], dim=-1).reshape(t * h * w, dim)
+
+
+class SinCosCache:
+    """``cache(grid, device, dtype)`` -> [1, N, dim] fixed embeddings, built once per (grid, device, dtype).
+
+    Not a buffer: the table depends on the input's grid, so it is never stored in checkpoints.
+    """
+
+    def __init__(self, dim: int):
+        split_dims(dim)  # fail at construction, not at the first forward
+        self.dim = dim
+        self._tables: dict = {}
+
+    def __call__(self, grid: Tuple[int, int, int], device, dtype) -> torch.Tensor:
+        key = (tuple(grid), device, dtype)
+        if key not in self._tables:
+            self._tables[key] = sincos_3d(self.dim, grid).to(device=device, dtype=dtype)[None]
+        return self._tables[key]

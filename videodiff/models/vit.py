@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from videodiff.models.patch_embed import PatchEmbed3d
-from videodiff.models.pos_embed import sincos_3d
+from videodiff.models.pos_embed import SinCosCache
 
 
 class VisionTransformer(nn.Module):
@@ -42,7 +42,7 @@ class VisionTransformer(nn.Module):
         ])
         # Fine-tuning pools first and normalises after (the head's LayerNorm), so it builds with final_norm=False.
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
-        self._pos_cache: dict = {}
+        self._sincos = SinCosCache(embed_dim)
         self.apply(init_vit_weights)
         init_patch_embed(self.patch_embed)
         self._add_learned_tokens(pos_grid, cls_token)
@@ -71,10 +71,7 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"learned position embeddings cover a {tuple(table.shape[1:4])} token grid but the "
                                  f"clip gives {tuple(grid)}; resize the checkpoint with tools/extend_clip.py")
             return table.reshape(1, -1, self.embed_dim).to(dtype)
-        key = (grid, device, dtype)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_3d(self.embed_dim, grid).to(device=device, dtype=dtype)[None]
-        return self._pos_cache[key]
+        return self._sincos(grid, device, dtype)
 
     def embed(self, clip: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
         """Patch-embed and add positions: -> (tokens [B, N, D], grid (T', H', W'))."""
