@@ -241,3 +241,33 @@ def test_file_names_from_csv_never_reach_a_shell(data_dir, tmp_path):
     run_net(CFG, [*opts(str(data), str(tmp_path / "out"), 1), "DATA.PATH_LABEL_SEPARATOR", ","])
     assert not list(tmp_path.rglob("PWNED*")) and not os.path.exists(os.path.join(ROOT, "PWNED"))
     assert not os.path.exists(os.path.join(ROOT, "PWNED2"))
+
+
+def test_same_seed_and_world_size_give_the_same_losses(data_dir, reference_run, tmp_path):
+    out = str(tmp_path / "again")
+    run_net(CFG, opts(data_dir, out, 3))
+    again = [(s["epoch"], s["iter"], s["loss"]) for s in train_steps(out)]
+    first = [(s["epoch"], s["iter"], s["loss"]) for s in train_steps(reference_run)]
+    assert again == first  # bit-identical on one CPU process
+    assert_same_params(final_params(out, 3), final_params(reference_run, 3), tol=0)
+
+
+def test_iteration_checkpoints_are_written_and_a_kill_resumes_from_the_newest(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    args = opts(data_dir, out, 2, "TRAIN.CHECKPOINT_ITER_PERIOD", "5")
+    proc = start(args)
+    mid = ckpt.checkpoint_path(out, 1, 5)  # epoch 2, after 5 of its 12 steps
+    wait_for(lambda: os.path.exists(mid), proc, what="a mid-epoch checkpoint")
+    proc.kill()
+    proc.wait()
+    newest = ckpt.find_latest_checkpoint(out)
+    proc = start(args)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert f"resumed from {newest}" in stdout
+    names = sorted(os.listdir(ckpt.checkpoint_dir(out)))
+    assert {"checkpoint_epoch_00000_iter_000005.pyth", "checkpoint_epoch_00000_iter_000010.pyth",
+            "checkpoint_epoch_00001.pyth", "checkpoint_epoch_00001_iter_000005.pyth",
+            "checkpoint_epoch_00001_iter_000010.pyth", "checkpoint_epoch_00002.pyth"} <= set(names)
+    steps = [(s["epoch"], s["iter"]) for s in train_steps(out)]
+    assert sorted(set(steps)) == [(e, i) for e in (1, 2) for i in range(1, 13)]
