@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from videodiff.data.bad_media import item_with_retries, placeholder_item
-from videodiff.data.decoding import DEFAULT_BACKEND, Video, check_backend, open_video
+from videodiff.data.decoding import DEFAULT_BACKEND, Video, check_backend, decode_frames, open_video
 from videodiff.data.media_errors import MediaError
 from videodiff.data.sampling import ItemRng, Timeline, test_window, train_window
 from videodiff.data.transforms import build_transform
@@ -44,6 +44,8 @@ class KineticsDataset(Dataset):
         self.num_repeats, self.num_views, self.num_crops = num_repeats, num_views, num_crops
         self.videos = read_video_list(csv_path, path_prefix, separator, num_classes, base_dir)
         self.rng = ItemRng(seed)
+        # False: every clip decodes its own window, the naive way (the loader benchmark's comparison).
+        self.shared_decode = True
 
     @classmethod
     def from_cfg(cls, cfg, split: str) -> "KineticsDataset":
@@ -93,10 +95,15 @@ class KineticsDataset(Dataset):
         with open_video(path, self.backend) as video:
             windows = self.train_windows(video, rng)
             union = sorted(set().union(*windows))
-            frames = video.decode(union)  # [U, H, W, 3], the only decode
-        row = {frame: i for i, frame in enumerate(union)}
-        clips = [self.transform(frames[[row[f] for f in w]], rng) for w in windows]
-        return {"clip": torch.stack(clips), "label": label, "index": index, "view": 0}
+            frames = video.decode(union) if self.shared_decode else None  # [U, H, W, 3], the only decode
+        size = self.transform.crop_size
+        clips = torch.empty(len(windows), len(self.transform.mean), self.num_frames, size, size)
+        for clip, window in zip(clips, windows):
+            if frames is None:
+                self.transform(decode_frames(path, window, self.backend), rng, out=clip)
+            else:
+                self.transform(frames, rng, out=clip, rows=_rows(union, window))
+        return {"clip": clips, "label": label, "index": index, "view": 0}
 
     def _test_item(self, k: int) -> dict:
         index, view = divmod(k, self.num_views * self.num_crops)
@@ -108,6 +115,14 @@ class KineticsDataset(Dataset):
             frames = video.decode(clock.frames(ticks))
         clip = self.transform(frames, spatial, self.num_crops)
         return {"clip": clip.unsqueeze(0), "label": label, "index": index, "view": view}
+
+
+def _rows(union: List[int], window: List[int]) -> Optional[List[int]]:
+    """Positions of ``window``'s frames among the decoded ``union``; None when the window is the whole union."""
+    if window == union:
+        return None
+    row = {frame: i for i, frame in enumerate(union)}
+    return [row[f] for f in window]
 
 
 def _check_split_args(split: str, num_repeats: int, num_views: int, num_crops: int) -> None:

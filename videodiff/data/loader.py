@@ -10,10 +10,11 @@ from typing import List
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from videodiff.data.build import build_dataset
 from videodiff.data.samplers import ResumableDistributedSampler, ShardSampler
+from videodiff.data.worker_memory import keep_freed_memory
 
 
 def collate_clips(items: List[dict]) -> dict:
@@ -25,7 +26,7 @@ def collate_clips(items: List[dict]) -> dict:
     ``(path, reason)`` pairs of every file the items skipped (see ``bad_media.py``), in item order.
     """
     repeats = torch.tensor([item["clip"].shape[0] for item in items])
-    batch = {"clip": torch.cat([item["clip"] for item in items])}
+    batch = {"clip": _cat([item["clip"] for item in items])}
     for key in ("label", "index", "view"):
         values = torch.tensor([int(item[key]) for item in items], dtype=torch.long)
         batch[key] = values.repeat_interleave(repeats)
@@ -35,12 +36,24 @@ def collate_clips(items: List[dict]) -> dict:
     return batch
 
 
+def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along dim 0; in a DataLoader worker, straight into shared memory (as torch's own
+    ``default_collate`` does), so sending the batch to the main process copies nothing more."""
+    if get_worker_info() is None:
+        return torch.cat(tensors)
+    first, rows = tensors[0], sum(len(t) for t in tensors)
+    storage = first._typed_storage()._new_shared(rows * first[0].numel(), device=first.device)
+    return torch.cat(tensors, out=first.new(storage).view(rows, *first.shape[1:]))
+
+
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a worker from torch's per-worker seed (for third-party transforms;
-    our datasets draw from per-item generators and do not need this)."""
+    """Worker set-up: seed numpy and ``random`` from torch's per-worker seed (for third-party transforms;
+    our datasets draw from per-item generators and do not need this), and let malloc reuse the large
+    per-item buffers (``worker_memory.py``)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    keep_freed_memory()
 
 
 def per_rank_batch_size(cfg, split: str, world_size: int) -> int:

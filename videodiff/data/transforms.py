@@ -30,10 +30,15 @@ def _frames_first(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2)
 
 
-def _to_normalized_clip(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``[T, C, H, W]`` (uint8, or float in [0, 1]) -> contiguous normalized float ``[C, T, H, W]``."""
+def _to_normalized_clip(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[T, C, H, W]`` (uint8, or float in [0, 1]) -> contiguous normalized float ``[C, T, H, W]``, written
+    into ``out`` when given (a slot of the item's ``[R, C, T, H, W]``: no extra copy to stack the R clips)."""
     scale = 255.0 if frames.dtype == torch.uint8 else 1.0
-    clip = torch.empty(frames.shape[1], frames.shape[0], *frames.shape[2:], dtype=torch.float32)
+    shape = (frames.shape[1], frames.shape[0], *frames.shape[2:])
+    clip = torch.empty(shape, dtype=torch.float32) if out is None else out
+    if tuple(clip.shape) != shape:
+        raise ValueError(f"out has shape {tuple(clip.shape)}, the clip {shape}")
     clip.copy_(frames.transpose(0, 1))
     # (x / scale - mean) / std as one multiply and one subtract per pixel.
     gain = torch.tensor([1.0 / (scale * s) for s in std]).view(-1, 1, 1, 1)
@@ -87,6 +92,20 @@ def spatial_crop_box(height: int, width: int, crop_size: int, spatial_idx: int, 
     return top, left
 
 
+def _resized_crop(frames: torch.Tensor, rows: Optional[Sequence[int]], box: Tuple[int, int, int, int],
+                  size: int) -> torch.Tensor:
+    """``box`` = (top, left, h, w) of ``frames[rows]`` ``[U, H, W, 3]`` resized to ``[T, 3, size, size]``.
+
+    Chosen rows are resized one frame view at a time: gathering them first (``index_select``) would copy
+    whole decoded frames, which costs more than the resize itself on HD video.
+    """
+    top, left, h, w = box
+    if rows is None:
+        return F.resized_crop(_frames_first(frames), top, left, h, w, [size, size], antialias=True)
+    return torch.cat([F.resized_crop(_frames_first(frames[r:r + 1]), top, left, h, w, [size, size], antialias=True)
+                      for r in rows])
+
+
 class TrainTransform:
     """Random resized crop to ``crop_size`` (same box every frame), random flip, RandAugment, normalize."""
 
@@ -99,16 +118,21 @@ class TrainTransform:
         self.flip, self.mean, self.std = flip, tuple(mean), tuple(std)
         self.rand_aug: Optional[ClipRandAugment] = ClipRandAugment(rand_aug) if rand_aug else None
 
-    def __call__(self, frames: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        """uint8 ``[T, H, W, 3]`` -> normalized ``[C, T, crop, crop]``."""
-        frames = _frames_first(frames)
-        top, left, h, w = random_resized_crop_box(frames.shape[-2], frames.shape[-1], self.scale, self.aspect, rng)
-        frames = F.resized_crop(frames, top, left, h, w, [self.crop_size, self.crop_size], antialias=True)
+    def __call__(self, frames: torch.Tensor, rng: torch.Generator, out: Optional[torch.Tensor] = None,
+                 rows: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """uint8 ``[U, H, W, 3]`` -> normalized ``[C, T, crop, crop]`` (written into ``out`` when given).
+
+        The clip is ``frames[rows]`` (all U frames when ``rows`` is None): repeated-augmentation clips pick
+        their frames out of one shared decode without copying them first.
+        """
+        _frames_first(frames)  # shape check
+        box = random_resized_crop_box(frames.shape[1], frames.shape[2], self.scale, self.aspect, rng)
+        frames = _resized_crop(frames, rows, box, self.crop_size)
         if self.flip and _uniform(0.0, 1.0, rng) < 0.5:
             frames = frames.flip(-1)
         if self.rand_aug is not None:
             frames = self.rand_aug(frames.float().div_(255.0), rng)
-        return _to_normalized_clip(frames, self.mean, self.std)
+        return _to_normalized_clip(frames, self.mean, self.std, out)
 
 
 class TestTransform:
