@@ -96,14 +96,14 @@ def _resized_crop(frames: torch.Tensor, rows: Optional[Sequence[int]], box: Tupl
                   size: int) -> torch.Tensor:
     """``box`` = (top, left, h, w) of ``frames[rows]`` ``[U, H, W, 3]`` resized to ``[T, 3, size, size]``.
 
-    Chosen rows are resized one frame view at a time: gathering them first (``index_select``) would copy
-    whole decoded frames, which costs more than the resize itself on HD video.
+    The box is cut as a view before the rows are gathered, so only the cropped pixels are copied, never
+    whole decoded frames (on HD video that copy would cost more than the resize).
     """
     top, left, h, w = box
-    if rows is None:
-        return F.resized_crop(_frames_first(frames), top, left, h, w, [size, size], antialias=True)
-    return torch.cat([F.resized_crop(_frames_first(frames[r:r + 1]), top, left, h, w, [size, size], antialias=True)
-                      for r in rows])
+    crop = frames[:, top:top + h, left:left + w]
+    if rows is not None:
+        crop = crop.index_select(0, torch.tensor(rows))
+    return F.resize(_frames_first(crop), [size, size], antialias=True)
 
 
 class TrainTransform:
