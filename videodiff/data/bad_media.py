@@ -18,15 +18,17 @@ from videodiff.data.media_errors import MediaError, TooManyBadFiles
 
 
 def item_with_retries(load: Callable[[int], dict], index: int, num_items: int, max_retries: int,
-                      rng: torch.Generator) -> dict:
-    """``load(index)``; on a MediaError, ``load`` of a random other index from ``rng``, up to ``max_retries``
-    times. The returned item has ``skipped``: the ``(path, reason)`` of every file that failed on the way."""
-    skipped = []
+                      make_rng: Callable[[], torch.Generator]) -> dict:
+    """``load(index)``; on a MediaError, ``load`` of a random other index, up to ``max_retries`` times, drawn
+    from ``make_rng()`` (called on the first failure only). The returned item has ``skipped``: the
+    ``(path, reason)`` of every file that failed on the way."""
+    skipped, rng = [], None
     for _ in range(max_retries + 1):
         try:
             item = load(index)
         except MediaError as e:
             skipped.append((e.path, e.reason))
+            rng = rng or make_rng()
             index = int(torch.randint(num_items, (1,), generator=rng))
             continue
         item["skipped"] = skipped

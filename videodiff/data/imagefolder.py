@@ -7,6 +7,7 @@ run through the same transforms, collate and model code as videos. Train: random
 centre-cropped (the ImageNet rule). Unreadable images are handled like bad videos (``bad_media.py``).
 """
 import os
+from functools import partial
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -59,7 +60,8 @@ class ImageFolderClips(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if self.split == "train":
-            return item_with_retries(self._load, index, len(self), self.max_retries, self.rng.generator(index, 1))
+            retry_rng = partial(self.rng.generator, index, 1)
+            return item_with_retries(self._load, index, len(self), self.max_retries, retry_rng)
         try:
             return self._load(index)
         except ImageDecodeError as e:

@@ -14,6 +14,7 @@ and ``view = k % (views * crops) = temporal_view * num_crops + spatial_crop``.
 Windows are laid on the clock of ``sampling.py`` (``target_fps``; 0 = the video's own frames).
 """
 import os
+from functools import partial
 from typing import List, Optional
 
 import torch
@@ -70,7 +71,8 @@ class KineticsDataset(Dataset):
         if not 0 <= k < len(self):
             raise IndexError(f"item {k} out of range for {len(self)} items")
         if self.split == "train":
-            return item_with_retries(self._train_item, k, len(self), self.max_retries, self.rng.generator(k, 1))
+            retry_rng = partial(self.rng.generator, k, 1)
+            return item_with_retries(self._train_item, k, len(self), self.max_retries, retry_rng)
         try:
             return self._test_item(k)
         except MediaError as e:
