@@ -60,6 +60,7 @@ class Decoders:
     with ``processes`` <= 1 jobs run in this process, like a loader without workers."""
 
     def __init__(self, processes: int):
+        self.processes = processes
         # Same malloc settings as loader workers (worker_memory.py), so only our own work differs.
         self.pool = (multiprocessing.get_context("fork").Pool(processes, initializer=keep_freed_memory)
                      if processes > 1 else None)
@@ -69,7 +70,8 @@ class Decoders:
             for job in jobs:
                 _run_job(job)
         else:
-            self.pool.map(_run_job, jobs, chunksize=1)
+            # About 8 chunks per process: little hand-over cost per job, yet balanced when costs differ.
+            self.pool.map(_run_job, jobs, chunksize=max(1, len(jobs) // (8 * self.processes)))
 
     def close(self) -> None:
         if self.pool is not None:
