@@ -102,14 +102,14 @@ def save_video_scores(scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]], pat
     torch.save({k: torch.from_numpy(v) for k, v in video_scores(scores).items()}, path)
 
 
-def exclude_failed_videos(merged: dict, gathered_failed: List[Dict[int, str]], cfg: CfgNode,
-                          split: str) -> Tuple[dict, int]:
+def exclude_failed_videos(merged: dict, gathered_failed: List[Dict[int, str]], cfg: CfgNode, split: str,
+                          warn: bool = True) -> Tuple[dict, int]:
     """Drop every view of a video with an unreadable view (a partial average would skew it), warn naming each
     file, and stop when more than DATA.MAX_FAILED_FRACTION of the split's videos failed."""
     failed: Dict[int, str] = {}
     for part in gathered_failed:
         failed.update(part)
-    for video, path in sorted(failed.items()):
+    for video, path in sorted(failed.items()) if warn else ():
         logger.warning(f"{split}: video {video} ({path}) could not be read; excluded from the metrics")
     kept = {key: value for key, value in merged.items() if key[0] not in failed}
     total = len({video for video, _ in merged} | failed.keys())
@@ -126,7 +126,7 @@ def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str,
     failed: Dict[int, str] = {}
     scores, loss_sum, count = collect_outputs(model, loader, cfg, info, failed)
     merged, total_loss, total_count = merge_rank_outputs(all_gather_objects((scores, loss_sum, count)))
-    merged, num_failed = exclude_failed_videos(merged, all_gather_objects(failed), cfg, split)
+    merged, num_failed = exclude_failed_videos(merged, all_gather_objects(failed), cfg, split, warn=info.is_main)
     result = {"split": split, "failed_videos": num_failed}
     if total_count:
         result["loss"] = total_loss / total_count
