@@ -53,12 +53,13 @@ def load_model(cfg, path: str) -> torch.nn.Module:
     return model.eval()
 
 
-def first_clips(cfg, split: str, num: int) -> torch.Tensor:
-    """The first ``num`` clips of ``split`` (first copy of each item): [num, C, T, H, W]."""
+def spread_clips(cfg, split: str, num: int) -> torch.Tensor:
+    """``num`` items evenly spaced over ``split`` (folders list images class by class), first copy of each:
+    [num, C, T, H, W]."""
     dataset = build_dataset(cfg, split)
     if num < 1 or num > len(dataset):
         raise ValueError(f"--num {num}: the {split} split has {len(dataset)} items")
-    return torch.stack([dataset[i]["clip"][0] for i in range(num)])
+    return torch.stack([dataset[i * len(dataset) // num]["clip"][0] for i in range(num)])
 
 
 def main(argv=None) -> int:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         if not path:
             raise CheckpointError(f"no checkpoint in {cfg.OUTPUT_DIR}/checkpoints; pass --checkpoint PATH")
         model = load_model(cfg, path)
-        clips = first_clips(cfg, args.split, args.num)
+        clips = spread_clips(cfg, args.split, args.num)
         generator = torch.Generator().manual_seed(args.seed)
         ratio = cfg.MASK.RATIO if args.mask_ratio is None else args.mask_ratio
         mask = build_mask(args.mask, len(clips), model.grid(clips), ratio, generator=generator)
