@@ -18,9 +18,9 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
+# Demo data -> DiffMAE pretraining -> fine-tuning + multi-view test -> inpainting figures (tools/run_demo.py).
 demo: venv
-	$(PY) tools/make_demo_data.py --out $(DEMO_DIR)
-	$(PY) tools/run_net.py --cfg configs/demo/vit_tiny_supervised.yaml DATA.PATH_TO_DATA_DIR $(DEMO_DIR) OUTPUT_DIR $(DEMO_OUT)
+	$(PY) tools/run_demo.py --data $(DEMO_DIR) --out $(DEMO_OUT)
 
 test: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
