@@ -35,8 +35,9 @@ from torch import nn
 
 from videodiff.models.decoder import DECODER_TYPES, build_decoder_blocks, top_down_sources
 from videodiff.models.diffusion import GaussianDiffusion
-from videodiff.models.masking import MASK_KINDS, Mask, build_mask, gather_tokens, merge_tokens
+from videodiff.models.masking import MASK_KINDS, Mask, gather_tokens, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify, time_slice, unpatchify
+from videodiff.models.masked_tokens import MaskedTokensMixin
 from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.timestep import TimestepEmbedder
 from videodiff.models.vit import VisionTransformer, init_vit_weights
@@ -46,7 +47,7 @@ Grid = Tuple[int, int, int]
 EncoderOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]]]
 
 
-class DiffMAE(nn.Module):
+class DiffMAE(MaskedTokensMixin, nn.Module):
     """ViT encoder on visible tokens + a diffusion decoder predicting x_0 of the masked tokens' target slice."""
 
     def __init__(self, patch_size: int = 16, t_patch: int = 2, in_chans: int = 3, embed_dim: int = 768,
@@ -92,19 +93,7 @@ class DiffMAE(nn.Module):
                        self.decoder_norm, self.decoder_pred):
             module.apply(init_vit_weights)
 
-    # ------------------------------------------------------------------ helpers
-    def grid(self, clip: torch.Tensor) -> Grid:
-        return self.encoder.patch_embed.grid_size(clip.shape)
-
-    def decoder_pos_embed(self, grid: Grid, device, dtype) -> torch.Tensor:
-        """[1, N, Dd] sin-cos positions at the decoder width, cached per (grid, device, dtype)."""
-        return self._sincos(grid, device, dtype)
-
     # ------------------------------------------------------------------ the method, one step each
-    def mask(self, clip: torch.Tensor, generator: Optional[torch.Generator] = None) -> Mask:
-        """A Mask over the clip's token grid, on its device (ids [B, K] / [B, M], mask [B, N])."""
-        return build_mask(self.mask_type, clip.shape[0], self.grid(clip), self.mask_ratio, clip.device, generator)
-
     def forward_encoder(self, clip: torch.Tensor, ids_keep: torch.Tensor) -> EncoderOutput:
         """Visible tokens only -> (latent [B, K, Dd], contexts: one [B, K, Dd] per decoder block, or None)."""
         if self.decoder_type == "joint":

@@ -12,15 +12,16 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from videodiff.models.masking import MASK_KINDS, Mask, build_mask, merge_tokens
+from videodiff.models.masking import MASK_KINDS, Mask, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify
+from videodiff.models.masked_tokens import MaskedTokensMixin
 from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.vit import VisionTransformer, init_vit_weights
 
 Grid = Tuple[int, int, int]
 
 
-class MAE(nn.Module):
+class MAE(MaskedTokensMixin, nn.Module):
     """ViT encoder on visible tokens + MAE decoder reconstructing full spacetime patches."""
 
     def __init__(self, patch_size: int = 16, t_patch: int = 2, in_chans: int = 3, embed_dim: int = 768,
@@ -52,16 +53,6 @@ class MAE(nn.Module):
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(init_vit_weights)
         nn.init.normal_(self.mask_token, std=0.02)
-
-    def grid(self, clip: torch.Tensor) -> Grid:
-        return self.encoder.patch_embed.grid_size(clip.shape)
-
-    def decoder_pos_embed(self, grid: Grid, device, dtype) -> torch.Tensor:
-        """[1, N, Dd] sin-cos positions at the decoder width, cached per (grid, device, dtype)."""
-        return self._sincos(grid, device, dtype)
-
-    def mask(self, clip: torch.Tensor, generator: Optional[torch.Generator] = None) -> Mask:
-        return build_mask(self.mask_type, clip.shape[0], self.grid(clip), self.mask_ratio, clip.device, generator)
 
     def forward_encoder(self, clip: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Visible tokens -> normed encoder output -> decoder width: [B, K, Dd]."""
