@@ -1,4 +1,7 @@
 """Config loading: _BASE_ inheritance, overrides, and one clear line for every kind of bad key or value."""
+import glob
+import os
+
 import pytest
 
 from videodiff.config import ConfigError, load_config
@@ -98,6 +101,6 @@ def test_loaded_config_is_frozen():
         cfg.SOLVER.BASE_LR = 1.0
 
 
-@pytest.mark.parametrize("path", ["configs/demo/vit_tiny_supervised.yaml"])
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*", "*.yaml"))))
 def test_shipped_configs_load(path):
     load_config(path)
