@@ -156,7 +156,7 @@ def test_oracle_denoiser_sample_loop_returns_x0(diffusions, steps):
 def test_oracle_strided_chain_has_forward_marginals():
     # with the true x0, every x_s on the respaced chain must be distributed as q(x_s | x0)
     d = GaussianDiffusion(rho=0.8)
-    n, x0 = 20000, torch.full((20000, 1), 0.8, dtype=torch.float64)
+    x0 = torch.full((20000, 1), 0.8, dtype=torch.float64)
     ts = d.sampling_timesteps(10)
     _, inter = d.sample_loop(lambda x, t: x0, x0.shape, num_sample_steps=10, dtype=torch.float64,
                              generator=torch.Generator().manual_seed(1), return_intermediates_at=ts.tolist())

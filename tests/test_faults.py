@@ -151,7 +151,7 @@ def test_nan_loss_stops_naming_iteration_and_last_checkpoint_and_keeps_checkpoin
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2
     last = ckpt.checkpoint_path(out, 1)
-    assert f"loss is nan at epoch 2 iteration 3" in stderr and last in stderr
+    assert "loss is nan at epoch 2 iteration 3" in stderr and last in stderr
     assert os.listdir(ckpt.checkpoint_dir(out)) == ["checkpoint_epoch_00001.pyth"]
     ckpt.load_state(last)
 

@@ -47,7 +47,7 @@ from videodiff.engine.launch import run as run_training  # noqa: E402
 from videodiff.models.build import build_model  # noqa: E402
 from videodiff.models.diffmae import DiffMAE  # noqa: E402
 from videodiff.models.masking import gather_tokens  # noqa: E402
-from videodiff.models.patchify import patchify, time_slice  # noqa: E402
+from videodiff.models.patchify import patchify  # noqa: E402
 
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 

@@ -132,8 +132,6 @@ def build_mask(kind: str, batch: int, grid: Sequence[int], ratio: float, device:
     """Dispatch on ``kind`` ("random" / "tube" / "center"), the config key ``MASK.TYPE``."""
     if kind not in _BUILDERS:
         raise ValueError(f"unknown mask type {kind!r}; expected one of {MASK_KINDS}")
-    if torch.is_tensor(batch):
-        batch = int(batch)  # under jit tracing (fvcore FLOP counting) shapes are 0-d tensors
     return _BUILDERS[kind](batch, grid, ratio, device=device, generator=generator)
 
 

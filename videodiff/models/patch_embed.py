@@ -19,7 +19,7 @@ class PatchEmbed3d(nn.Module):
 
     def grid_size(self, clip_shape) -> Tuple[int, int, int]:
         """(T', H', W') for a clip of shape [..., T, H, W]; raises naming the size that does not divide."""
-        t, h, w = (int(s) for s in clip_shape[-3:])  # ints even under jit tracing (FLOP counting)
+        t, h, w = clip_shape[-3:]
         for name, size, patch in (("frames", t, self.t_patch), ("height", h, self.patch_size),
                                   ("width", w, self.patch_size)):
             if size % patch:
