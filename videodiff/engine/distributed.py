@@ -87,6 +87,16 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return gathered
 
 
-def cleanup() -> None:
-    if is_dist():
-        dist.destroy_process_group()
+def cleanup(wait_for_all: bool = False) -> None:
+    """Leave the process group.
+
+    ``wait_for_all`` (the normal end of a run) first waits for every rank: a rank that tears down its gloo
+    connections while a peer is still inside ``destroy_process_group`` can make that peer's transport
+    thread abort ("terminate called without an active exception", seen once in CI). After an error the
+    other ranks may never arrive, so the error path leaves at once.
+    """
+    if not is_dist():
+        return
+    if wait_for_all:
+        dist.barrier()
+    dist.destroy_process_group()

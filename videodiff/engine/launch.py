@@ -67,8 +67,10 @@ def run(cfg_file: str, opts: Sequence[str]) -> None:
 
 
 def main(cfg_file: str, opts: Sequence[str]) -> int:
+    finished = False
     try:
         run(cfg_file, opts)
+        finished = True
     except Preempted as e:
         print(e.message, file=sys.stderr)
         return 0
@@ -76,5 +78,5 @@ def main(cfg_file: str, opts: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        cleanup()
+        cleanup(wait_for_all=finished)
     return 0
