@@ -233,10 +233,11 @@ def main(argv=None) -> int:
         train_seconds = round(time.perf_counter() - tick, 1)
     torch.set_grad_enabled(False)
     result = study(cfg, args.sample_steps, train_seconds, args.checkpoint)
+    print(json.dumps(result, indent=1), flush=True)  # first: minutes of evaluation are never lost to a bad path
     name = f"study_{os.path.basename(args.checkpoint).split('.')[0]}.json" if args.checkpoint else "study.json"
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)  # --no-train --checkpoint may write next to a new folder
     with open(os.path.join(cfg.OUTPUT_DIR, name), "w") as f:
         json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
     return 0
 
 
