@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 
+from cli_helpers import ROOT
 from videodiff.models.diffusion import GaussianDiffusion, get_beta_schedule
 
 
@@ -190,7 +191,7 @@ def test_beta_schedule_function_matches_class():
 def test_schedule_figure_tool_draws_every_rho_and_prints_the_low_signal_fractions(tmp_path, capsys):
     from PIL import Image
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    sys.path.insert(0, os.path.join(ROOT, "tools"))  # as tests/test_visualize.py imports its tool
     import plot_schedule
 
     out = tmp_path / "fig" / "schedule.png"
