@@ -11,7 +11,7 @@ from videodiff.config import load_config  # noqa: E402
 from videodiff.engine.checkpoint import unwrap  # noqa: E402
 from videodiff.engine.distributed import cleanup, init_distributed  # noqa: E402
 from videodiff.engine.logging import setup_logging  # noqa: E402
-from videodiff.engine.train import train  # noqa: E402
+from videodiff.engine.build import train  # noqa: E402
 
 
 def train_and_save(cfg, info) -> None:

@@ -5,7 +5,7 @@ import torch
 
 from videodiff.config import load_config
 from videodiff.models.build import build_model
-from videodiff.models.decoder import top_down_sources
+from videodiff.models.decoder import DECODERS, CrossSelfDecoder, DecoderOutput, JointDecoder, top_down_sources
 from videodiff.models.diffmae import DiffMAE
 from videodiff.models.masking import build_mask, gather_tokens
 from videodiff.models.patchify import patch_normalize, patchify, time_slice, unpatchify
@@ -98,13 +98,13 @@ def test_decoder_output_shapes(decoder_type, kind):
     mask = model.mask(clip)
     k, m = mask.ids_keep.shape[1], mask.ids_masked.shape[1]
     assert k + m == n and k == round(0.25 * n)
-    latent, contexts = model.forward_encoder(clip, mask.ids_keep)
-    assert latent.shape == (2, k, 32)
-    assert contexts is None if decoder_type == "joint" else [c.shape for c in contexts] == [(2, k, 32)] * 2
+    features = model.forward_encoder(clip, mask.ids_keep)           # {encoder block: [B, K, D]}
+    assert sorted(features) == ([2] if decoder_type == "joint" else [1, 2])   # joint: the final output only
+    assert all(f.shape == (2, k, 32) for f in features.values())
     x_t = torch.randn(2, m, 8 * 8 * 3)
-    pred = model.forward_decoder((latent, contexts), x_t, torch.tensor([0, 99]), mask.ids_keep, mask.ids_masked,
-                                 model.grid(clip))
-    assert pred.shape == (2, m, 8 * 8 * 3)                           # one time slice per masked token
+    out = model.forward_decoder(features, x_t, torch.tensor([0, 99]), mask, model.grid(clip))
+    assert out.pred.shape == (2, m, 8 * 8 * 3)                       # one time slice per masked token
+    assert out.hidden.shape == (2, m, 32)
     assert model.targets(clip).shape == (2, n, 8 * 8 * 3)
     loss = model(clip)["loss"]
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -112,13 +112,39 @@ def test_decoder_output_shapes(decoder_type, kind):
 
 def test_cross_decoder_reads_encoder_blocks_top_down():
     model = tiny("cross", depth=3, decoder_depth=3)
-    assert model.sources == [2, 1, 0]
+    assert model.decoder.reads == [2, 1, 0]
     clip = torch.randn(VIDEO["shape"])
     mask = model.mask(clip)
-    _, contexts = model.forward_encoder(clip, mask.ids_keep)
-    _, blocks = model.encoder.forward_features(clip, mask.ids_keep, return_block_outputs=True)
-    for j, i in enumerate(model.sources):   # each context = the shared LayerNorm + projection of its block
-        assert torch.allclose(contexts[j], model.encoder_proj(model.encoder.norm(blocks[i])), atol=1e-6)
+    features = model.forward_encoder(clip, mask.ids_keep)
+    x = gather_tokens(model.encoder.embed(clip)[0], mask.ids_keep)   # the blocks run by hand on the visible tokens
+    blocks = []
+    for block in model.encoder.blocks:
+        x = block(x)
+        blocks.append(x)
+    for i in model.decoder.reads:           # each feature = the encoder's final LayerNorm of its block
+        assert torch.allclose(features[i], model.encoder.norm(blocks[i]), atol=1e-6)
+    assert torch.allclose(features[2], model.encoder.forward_features(clip, mask.ids_keep), atol=1e-6)
+    seen = []                               # decoder block j attends to the shared projection of block reads[j]
+    for block in model.decoder.blocks:
+        block.register_forward_hook(lambda mod, inp, out: seen.append(inp[1]))
+    model.forward_decoder(features, torch.randn(2, mask.ids_masked.shape[1], 192), torch.tensor([0, 1]), mask,
+                          model.grid(clip))
+    for j, i in enumerate(model.decoder.reads):
+        assert torch.allclose(seen[j], model.decoder.encoder_proj(features[i]), atol=1e-6)
+
+
+def test_a_new_decoder_variant_is_one_class_and_one_registry_line(monkeypatch):
+    class ShallowJoint(JointDecoder):       # reads the encoder's middle block instead of its last
+        def encoder_reads(self, encoder_depth, depth):
+            return [encoder_depth // 2]
+
+    monkeypatch.setitem(DECODERS, "shallow_joint", ShallowJoint)
+    model = tiny("shallow_joint")
+    assert isinstance(model.decoder, ShallowJoint) and model.decoder.reads == [1]
+    ran = []
+    model.encoder.blocks[2].register_forward_hook(lambda *a: ran.append(1))
+    loss = model(torch.randn(VIDEO["shape"]))["loss"]
+    assert torch.isfinite(loss) and ran == []  # blocks above the one it reads are not run
 
 
 # ---------------------------------------------------------------- the loss sees only masked tokens
@@ -157,7 +183,7 @@ def test_generate_with_oracle_decoder_reproduces_masked_region(decoder_type, tar
     model = tiny(decoder_type, target_slice=target_slice).eval()
     clip = torch.randn(VIDEO["shape"])
     truth = model.targets(clip)                                      # [B, N, p·p·C]
-    model.forward_decoder = lambda enc, x_t, t, ids_keep, ids_masked, grid: gather_tokens(truth, ids_masked)
+    model.forward_decoder = lambda enc, x_t, t, mask, grid: DecoderOutput(gather_tokens(truth, mask.ids_masked), None)
     encoder_calls = []
     model.encoder.blocks[0].register_forward_hook(lambda *a: encoder_calls.append(1))
     mask = build_mask("random", 2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(3))
@@ -181,7 +207,7 @@ def test_generate_with_oracle_is_exact_when_frames_repeat():
     model = tiny("cross").eval()
     clip = torch.randn(2, 3, 2, 16, 16).repeat_interleave(2, dim=2)  # both frames of every patch equal
     truth = model.targets(clip)
-    model.forward_decoder = lambda enc, x_t, t, ids_keep, ids_masked, grid: gather_tokens(truth, ids_masked)
+    model.forward_decoder = lambda enc, x_t, t, mask, grid: DecoderOutput(gather_tokens(truth, mask.ids_masked), None)
     out = model.generate(clip, num_sample_steps=4, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(out["clip"], clip, atol=1e-6)
     assert out["intermediates"] == {}
@@ -240,5 +266,5 @@ def test_recipe_configs_load(path, grid, slice_dim):
 def test_demo_config_builds_diffmae():
     cfg = load_config("configs/demo/diffmae_tiny.yaml")
     model = build_model(cfg)
-    assert isinstance(model, DiffMAE) and model.decoder_type == "cross_self" and len(model.decoder_blocks) == 2
-    assert model.sources == [3, 1] and model.diffusion.num_steps == 1000
+    assert isinstance(model, DiffMAE) and isinstance(model.decoder, CrossSelfDecoder) and len(model.decoder.blocks) == 2
+    assert model.decoder.reads == [3, 1] and model.diffusion.num_steps == 1000

@@ -162,8 +162,8 @@ def test_oracle_strided_chain_has_forward_marginals():
     d = GaussianDiffusion(rho=0.8)
     x0 = torch.full((20000, 1), 0.8, dtype=torch.float64)
     ts = d.sampling_timesteps(10)
-    _, inter = d.sample_loop(lambda x, t: x0, x0.shape, num_sample_steps=10, dtype=torch.float64,
-                             generator=torch.Generator().manual_seed(1), return_intermediates_at=ts.tolist())
+    inter = {step.t: step.x_t for step in d.sample_loop_progressive(
+        lambda x, t: x0, x0.shape, num_sample_steps=10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))}
     assert sorted(inter) == sorted(ts.tolist())
     for t, x in inter.items():
         a = d.alphas_cumprod[t]
@@ -174,14 +174,18 @@ def test_oracle_strided_chain_has_forward_marginals():
 def test_sample_loop_intermediates_map_to_nearest_chain_step_and_is_reproducible():
     d = GaussianDiffusion(num_steps=100)
     fn = lambda x, t: 0.5 * x  # noqa: E731
-    out1, inter = d.sample_loop(fn, (2, 3), num_sample_steps=10, generator=torch.Generator().manual_seed(3),
-                                return_intermediates_at=(99, 50, 0))
+    steps = list(d.sample_loop_progressive(fn, (2, 3), num_sample_steps=10,
+                                           generator=torch.Generator().manual_seed(3)))
     out2 = d.sample_loop(fn, (2, 3), num_sample_steps=10, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(out1, out2)
-    assert sorted(inter) == [0, 55, 99]  # chain: 99, 88, 77, 66, 55, 44, ...; 50 is nearer 55 than 44
+    assert torch.equal(steps[-1].x_next, out2)                        # the same draws, one return type each
+    assert [s.t for s in steps] == d.sampling_timesteps(10).tolist()
+    assert all(torch.equal(a.x_next, b.x_t) for a, b in zip(steps, steps[1:]))
+    assert d.chain_steps_nearest((99, 50, 0), 10) == {0, 55, 99}  # chain: 99, 88, ..., 55, 44; 50 nearer 55
+    with pytest.raises(ValueError, match="integers in \\[0, 100\\)"):
+        d.chain_steps_nearest((100,), 10)
     xT = torch.randn(2, 3)
-    _, inter = d.sample_loop(fn, xT, num_sample_steps=10, return_intermediates_at=(99,))
-    assert torch.equal(inter[99], xT)
+    first = next(iter(d.sample_loop_progressive(fn, xT, num_sample_steps=10)))
+    assert first.t == 99 and torch.equal(first.x_t, xT)
 
 
 def test_beta_schedule_function_matches_class():

@@ -61,9 +61,9 @@ def test_diffmae_checkpoint_initialises_the_classifier_encoder_and_reports_every
     assert torch.equal(model.head.fc.weight, head_before)
     assert sorted(report.missing) == ["head.fc.bias", "head.fc.weight", "head.fc_norm.bias", "head.fc_norm.weight"]
     dropped = {d.split(" ")[0] for d in report.dropped}
-    assert {"encoder.norm.weight", "encoder_proj.weight", "decoder_pred.weight"} <= dropped
+    assert {"encoder.norm.weight", "decoder.encoder_proj.weight", "decoder.pred.weight"} <= dropped
     assert len(report.mapped) + len(report.dropped) == len(source.state_dict())
-    assert "decoder_blocks.* (" in report.summary()
+    assert "decoder.blocks.* (" in report.summary()
 
 
 def test_head_of_another_shape_is_refused_unless_dropped(tmp_path):
@@ -210,7 +210,7 @@ def test_fine_tune_from_diffmae_with_mixup_and_ema_then_test_with_ema_weights(tm
         "MODEL_EMA.DECAY", "0.5", "SOLVER.LAYER_DECAY", "0.75", "TEST.SAVE_RESULTS_PATH", "scores.pyth"])
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
-    assert "initialised from" in log and "decoder_blocks.* (" in log
+    assert "initialised from" in log and "decoder.blocks.* (" in log
     stats = read_stats(out)
     assert {s["split"] for s in stats} >= {"train", "val", "val_ema", "test_final"}
     final = [s for s in stats if s["split"] == "test_final"][0]

@@ -82,5 +82,5 @@ def test_mae_and_diffmae_share_encoder_and_decoder_size_from_config():
     assert isinstance(mae, MAE) and isinstance(diffmae, DiffMAE) and mae.norm_pix_loss and not diffmae.norm_pix_loss
     assert {k: v.shape for k, v in mae.encoder.state_dict().items()} == \
         {k: v.shape for k, v in diffmae.encoder.state_dict().items()}
-    assert len(mae.decoder_blocks) == len(diffmae.decoder_blocks) == 2
-    assert mae.decoder_embed.out_features == diffmae.encoder_proj.out_features == 32
+    assert len(mae.decoder_blocks) == len(diffmae.decoder.blocks) == 2
+    assert mae.decoder_embed.out_features == diffmae.decoder.encoder_proj.out_features == 32

@@ -61,8 +61,9 @@ def test_kept_tokens_are_encoded_as_if_the_others_did_not_exist():
     for block in vit.blocks:
         x = block(x)
     torch.testing.assert_close(part, vit.norm(x))
-    tokens_out, per_block = vit.forward_features(clip, ids_keep=ids_keep, return_block_outputs=True)
-    assert len(per_block) == 2 and per_block[-1].shape == (1, 3, 32)
+    per_block = vit.block_features(clip, ids_keep, [0, 1])
+    assert sorted(per_block) == [0, 1] and per_block[1].shape == (1, 3, 32)
+    torch.testing.assert_close(per_block[1], part)
 
 
 def test_classifier_head_init_and_outputs():

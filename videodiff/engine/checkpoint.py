@@ -14,11 +14,9 @@ import torch
 from iopath.common.file_io import g_pathmgr
 from torch import nn
 
+from videodiff.state_dicts import CheckpointError, unwrap
+
 _NAME = re.compile(r"^checkpoint_epoch_(\d{5})(?:_iter_(\d{6}))?\.pyth$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable or does not fit the model; the message names the file."""
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -29,11 +27,6 @@ def checkpoint_path(output_dir: str, epoch: int, iteration: int = 0) -> str:
     """Path for the state after ``epoch`` completed epochs plus ``iteration`` steps of the next one."""
     suffix = f"_iter_{iteration:06d}" if iteration else ""
     return os.path.join(checkpoint_dir(output_dir), f"checkpoint_epoch_{epoch:05d}{suffix}.pyth")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP (or any wrapper exposing ``.module``)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def save_checkpoint(output_dir: str, epoch: int, model: nn.Module, optimizer=None, scaler=None,

@@ -1,22 +1,21 @@
 """Exponential moving average of the model's weights, as a trainer hook around timm's ``ModelEmaV3``.
 
 The average is updated after every optimizer step, saved in checkpoints (``hooks.EmaHook.module``), evaluated
-on the validation split as ``"split": "val_ema"``, and used by the final test when MODEL_EMA.ENABLE is on.
+on the validation split as ``"split": "val_ema"`` by a second ``EvalHook`` over ``EmaHook.module`` (``engine/build.py``),
+and used by the final test when MODEL_EMA.ENABLE is on.
 """
 from typing import Dict, Optional
 
 import torch
 from timm.utils import ModelEmaV3
 
-from videodiff.engine.checkpoint import CheckpointError, unwrap
-from videodiff.engine.evaluate import evaluate
 from videodiff.engine.hooks import Hook
-from videodiff.engine.logging import logger
+from videodiff.state_dicts import CheckpointError, unwrap
 
 
 class EmaHook(Hook):
-    def __init__(self, decay: float, val_loader=None):
-        self.decay, self.loader = decay, val_loader
+    def __init__(self, decay: float):
+        self.decay = decay
         self.ema: Optional[ModelEmaV3] = None
         self._restored: Optional[Dict[str, torch.Tensor]] = None  # from a resumed checkpoint, before the EMA exists
 
@@ -31,14 +30,10 @@ class EmaHook(Hook):
         if metrics:  # no metrics: a skipped (non-finite) step left the weights unchanged
             self.ema.update(unwrap(trainer.model))
 
-    def after_epoch(self, trainer):
-        done, cfg = trainer.epoch + 1, trainer.cfg
-        if self.loader is None or not (done % cfg.TRAIN.EVAL_PERIOD == 0 or done == cfg.SOLVER.MAX_EPOCH):
-            return
-        result = evaluate(self.ema.module, self.loader, cfg, trainer.info, split="val_ema")
-        trainer.stats.write(dict(epoch=done, **result), step=done)
-        logger.info(f"val (EMA) after epoch {done}: " + " ".join(
-            f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
+    @property
+    def module(self) -> torch.nn.Module:
+        """The averaged model (exists from ``before_train`` on)."""
+        return self.ema.module
 
     def state_dict(self):
         return {"module": self.ema.module.state_dict() if self.ema is not None else self._restored}

@@ -12,10 +12,14 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from videodiff.data import build_loader
 from videodiff.data.bad_media import check_failed_fraction, drop_unreadable
+from videodiff.engine import checkpoint as ckpt
 from videodiff.engine.distributed import DistInfo, all_gather_objects
-from videodiff.engine.logging import logger
+from videodiff.engine.ema_hook import ema_weights
+from videodiff.engine.logging import StatsWriter, logger
 from videodiff.engine.precision import autocast_for
+from videodiff.models.build import build_model
 
 
 def has_split(cfg: CfgNode, split: str) -> bool:
@@ -138,12 +142,6 @@ def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str,
 
 def run_test(cfg: CfgNode, info: DistInfo) -> dict:
     """Multi-view test of TEST.CHECKPOINT_FILE_PATH (or the run's newest checkpoint) on the test split."""
-    from videodiff.data import build_loader
-    from videodiff.engine import checkpoint as ckpt
-    from videodiff.engine.ema_hook import ema_weights
-    from videodiff.engine.logging import StatsWriter, logger
-    from videodiff.models.build import build_model
-
     path = cfg.TEST.CHECKPOINT_FILE_PATH or ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR)
     if not path:
         raise ckpt.CheckpointError(f"TEST.ENABLE needs a checkpoint: TEST.CHECKPOINT_FILE_PATH is empty and "

@@ -9,10 +9,14 @@ from typing import Sequence
 from iopath.common.file_io import g_pathmgr
 
 from videodiff.config import ConfigError, dump_config, load_config
-from videodiff.engine.checkpoint import CheckpointError
+from videodiff.data.loader import per_rank_batch_size
+from videodiff.engine.build import train
 from videodiff.engine.distributed import barrier, cleanup, init_distributed
+from videodiff.engine.dry_run import dry_run
+from videodiff.engine.evaluate import run_test
 from videodiff.engine.logging import logger, setup_logging
 from videodiff.engine.preemption import Preempted
+from videodiff.state_dicts import CheckpointError
 
 # Errors whose message already says what is wrong and where: no traceback needed.
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError)
@@ -38,31 +42,22 @@ def check_run_paths(cfg) -> None:
 def run(cfg_file: str, opts: Sequence[str]) -> None:
     cfg = load_config(cfg_file, opts)
     if cfg.TRAIN.DRY_RUN:
-        from videodiff.engine.dry_run import dry_run
-
         setup_logging(cfg.OUTPUT_DIR, is_main=True, to_file=False)
         dry_run(cfg)
         return
     check_run_paths(cfg)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining the group: no hang
-    for key in ("TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
-        value = cfg.TRAIN.BATCH_SIZE if key == "TRAIN.BATCH_SIZE" else cfg.TEST.BATCH_SIZE
-        if value % world_size:
-            raise ConfigError(f"{key} = {value} is not divisible by the world size {world_size}; "
-                              f"use a multiple of {world_size}")
+    for split in ("train", "test"):
+        per_rank_batch_size(cfg, split, world_size)
     info = init_distributed()
     setup_logging(cfg.OUTPUT_DIR, info.is_main)
     if info.is_main:
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     logger.info(f"world size {info.world_size}, device {info.device}, output {cfg.OUTPUT_DIR}")
     if cfg.TRAIN.ENABLE:
-        from videodiff.engine.train import train
-
         train(cfg, info)
         barrier()
     if cfg.TEST.ENABLE:
-        from videodiff.engine.evaluate import run_test
-
         run_test(cfg, info)
 
 

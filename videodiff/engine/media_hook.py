@@ -33,14 +33,15 @@ def read_skipped(output_dir: str) -> Set[str]:
 
 
 class SkippedMediaHook(Hook):
-    def __init__(self, max_failed_fraction: float):
+    def __init__(self, max_failed_fraction: float, output_dir: str):
         self.max_failed_fraction = max_failed_fraction
+        self.listing = os.path.join(output_dir, SKIPPED_FILE)
         self.epoch_skipped: Dict[str, str] = {}  # this rank, this epoch: path -> reason
         self.listed: Set[str] = set()  # every file in skipped_videos.txt, over the run
 
     def before_train(self, trainer):
         # A resumed run keeps its list: files found before the restart are neither re-listed nor forgotten.
-        self.listed = read_skipped(trainer.cfg.OUTPUT_DIR)
+        self.listed = read_skipped(os.path.dirname(self.listing))
 
     def before_epoch(self, trainer):
         self.epoch_skipped = {}
@@ -59,11 +60,10 @@ class SkippedMediaHook(Hook):
         new = {path: reason for path, reason in sorted(skipped.items()) if path not in self.listed}
         self.listed.update(new)
         if trainer.info.is_main and new:
-            with open(os.path.join(trainer.cfg.OUTPUT_DIR, SKIPPED_FILE), "a") as f:
+            with open(self.listing, "a") as f:
                 f.writelines(f"{path}\t{' '.join(reason.split())}\n" for path, reason in new.items())
         if self.listed:  # a clean run's stats stay as they are
             trainer.stats.write({"split": "train_epoch", "epoch": trainer.epoch + 1, "skipped_videos": len(skipped),
                                  "skipped_videos_total": len(self.listed)})
-        listing = os.path.join(trainer.cfg.OUTPUT_DIR, SKIPPED_FILE)
         check_failed_fraction(len(self.listed), len(trainer.loader.dataset), self.max_failed_fraction,
-                              "training files", f"they are listed in {listing}")
+                              "training files", f"they are listed in {self.listing}")

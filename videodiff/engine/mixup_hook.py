@@ -6,16 +6,9 @@ Before each training step the batch's clips are mixed and its integer labels bec
 itself only if it sits in the middle pair.
 """
 import torch
-from fvcore.common.config import CfgNode
 from timm.data import Mixup
 
 from videodiff.engine.hooks import Hook
-
-
-def build_mixup(cfg: CfgNode) -> Mixup:
-    m = cfg.MIXUP
-    return Mixup(mixup_alpha=m.ALPHA, cutmix_alpha=m.CUTMIX_ALPHA, prob=m.PROB, switch_prob=m.SWITCH_PROB,
-                 mode="batch", label_smoothing=m.LABEL_SMOOTH_VALUE, num_classes=cfg.MODEL.NUM_CLASSES)
 
 
 def mix_batch(mixup: Mixup, batch: dict, device: torch.device) -> dict:

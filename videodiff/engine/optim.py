@@ -1,5 +1,6 @@
 """Optimizer, parameter groups and the per-iteration learning-rate schedule."""
 import math
+from dataclasses import dataclass
 
 import torch
 from fvcore.common.config import CfgNode
@@ -12,10 +13,23 @@ def scaled_lr(cfg: CfgNode) -> float:
     return cfg.SOLVER.BASE_LR * cfg.TRAIN.BATCH_SIZE / 256
 
 
+OPTIMIZERS = ("adamw", "sgd", "lars")  # the allowed SOLVER.OPTIMIZING_METHOD values
+
+
 def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over groups: no weight decay on biases / norms / 1-d params; optional layer decay.
+    """AdamW, SGD or LARS over groups: no weight decay on biases / norms / 1-d params; optional layer decay.
 
     Each group may carry an ``lr_scale`` (layer decay) that ``set_lr`` multiplies in.
+
+    ``lars`` is MAE's LARS (facebookresearch/mae util/lars.py, its linear-probing optimizer), run by timm's ``Lars``:
+    momentum SOLVER.MOMENTUM without Nesterov or dampening, and for a parameter with ndim > 1 the step
+    ``g * LARS_TRUST_COEFF * ||w|| / ||g||`` (ratio 1 where either norm is 0) plus weight decay; biases and other
+    1-d params get plain momentum SGD, no adaptation, no decay. MAE picks by ndim alone, so here too an ndim > 1
+    param named in ``no_weight_decay()`` (pos_embed, cls_token) is adapted and decayed. Each group is split in
+    two: ndim > 1 with ``always_adapt=True``, the rest with ``always_adapt=False`` and weight decay 0 (timm then
+    skips the trust ratio). ``eps=0`` makes the ratio MAE's exactly. With WEIGHT_DECAY > 0 timm divides by
+    ``||g|| + wd ||w||`` (the LARS paper) where MAE divides by ``||g + wd w||``; they agree at MAE's probing
+    weight decay of 0.
     """
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     if cfg.SOLVER.LAYER_DECAY < 1.0:
@@ -24,24 +38,60 @@ def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
     else:
         groups = param_groups_weight_decay(model, weight_decay=cfg.SOLVER.WEIGHT_DECAY, no_weight_decay_list=skip)
     lr = scaled_lr(cfg)
-    if cfg.SOLVER.OPTIMIZING_METHOD == "adamw":
+    method = cfg.SOLVER.OPTIMIZING_METHOD
+    if method == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.SOLVER.BETAS))
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=True)
+    if method == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=True)
+    if method == "lars":
+        from timm.optim import Lars
+
+        lars_groups = []
+        for group in groups:
+            rest = {k: v for k, v in group.items() if k not in ("params", "weight_decay")}  # keeps lr_scale
+            for adapt in (True, False):
+                params = [p for p in group["params"] if (p.ndim > 1) == adapt]
+                if params:
+                    lars_groups.append(dict(rest, params=params, always_adapt=adapt,
+                                            weight_decay=cfg.SOLVER.WEIGHT_DECAY if adapt else 0.0))
+        return Lars(lars_groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, dampening=0.0, nesterov=False,
+                    trust_coeff=cfg.SOLVER.LARS_TRUST_COEFF, eps=0.0, trust_clip=False)
+    raise ValueError(f"SOLVER.OPTIMIZING_METHOD {method!r}: one of {', '.join(OPTIMIZERS)}")
 
 
-def lr_at(epoch: float, cfg: CfgNode) -> float:
-    """Learning rate at fractional ``epoch`` (per-iteration): linear warmup from 0, then cosine to COSINE_END_LR.
+LR_POLICIES = ("cosine", "constant")  # the allowed SOLVER.LR_POLICY values
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning rate at a fractional epoch (per iteration): linear warmup from 0 to ``peak`` over ``warmup_epochs``,
+    then ``policy`` "cosine" (half a cosine down to ``end`` at ``max_epoch``) or "constant".
 
     A pure function of the epoch position, so a resumed run follows the uninterrupted run's schedule.
     """
-    peak, end = scaled_lr(cfg), cfg.SOLVER.COSINE_END_LR
-    warmup, total = cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.MAX_EPOCH
-    if epoch < warmup:
-        return peak * epoch / warmup
-    if cfg.SOLVER.LR_POLICY == "constant":
-        return peak
-    progress = (epoch - warmup) / max(total - warmup, 1e-8)
-    return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    peak: float
+    warmup_epochs: float
+    max_epoch: float
+    end: float = 0.0
+    policy: str = "cosine"
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.warmup_epochs:
+            return self.peak * epoch / self.warmup_epochs
+        if self.policy == "constant":
+            return self.peak
+        progress = (epoch - self.warmup_epochs) / max(self.max_epoch - self.warmup_epochs, 1e-8)
+        return self.end + (self.peak - self.end) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def lr_schedule(cfg: CfgNode) -> LRSchedule:
+    s = cfg.SOLVER
+    return LRSchedule(scaled_lr(cfg), s.WARMUP_EPOCHS, s.MAX_EPOCH, s.COSINE_END_LR, s.LR_POLICY)
+
+
+def lr_at(epoch: float, cfg: CfgNode) -> float:
+    """The config's schedule at fractional ``epoch`` (``LRSchedule``)."""
+    return lr_schedule(cfg)(epoch)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

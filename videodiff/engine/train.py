@@ -8,33 +8,39 @@ import time
 from typing import List, Optional
 
 import torch
-from fvcore.common.config import CfgNode
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from videodiff.data import build_loader, set_loader_epoch
+from videodiff.data import set_loader_epoch
 from videodiff.engine import checkpoint as ckpt
 from videodiff.engine.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier
-from videodiff.engine.evaluate import has_split
-from videodiff.engine.hooks import Hook, default_hooks
+from videodiff.engine.hooks import Hook
 from videodiff.engine.logging import StatsWriter, logger
-from videodiff.engine.optim import build_optimizer
-from videodiff.engine.precision import autocast_for, uses_grad_scaler
+from videodiff.engine.precision import Precision
 from videodiff.engine.seed import rng_state, seed_everything, set_rng_state
-from videodiff.models.build import build_model
-from videodiff.models.pretrained import load_pretrained
 
 
 class Trainer:
-    """Owns the model, optimizer and loader; runs epochs of steps and calls hooks around them."""
+    """Owns the model, optimizer and loader; runs epochs of steps and calls hooks around them.
 
-    def __init__(self, cfg: CfgNode, info: DistInfo, model: nn.Module, loader, hooks: List[Hook],
-                 stats: Optional[StatsWriter] = None):
-        self.cfg, self.info, self.loader, self.hooks = cfg, info, loader, hooks
-        self.stats = stats or StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE)
-        self.model = model.to(info.device)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=uses_grad_scaler(cfg, info.device))
+    Plain arguments only (``engine/build.py`` maps the config to them): ``max_epoch`` epochs over ``loader``;
+    ``output_dir`` receives checkpoints (with ``config_text`` stored in each); ``clip_grad`` > 0 clips the
+    gradient norm; ``skip_nonfinite_loss`` skips a step with a NaN/Inf loss instead of stopping; ``seed`` makes
+    every epoch's randomness a function of (seed, epoch, rank). ``stats`` defaults to ``json_stats.log`` in
+    ``output_dir``, written by the main rank.
+    """
+
+    def __init__(self, model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, max_epoch: int,
+                 info: DistInfo = DistInfo(), output_dir: str = ".", config_text: str = "",
+                 precision: Precision = Precision(), clip_grad: float = 0.0, skip_nonfinite_loss: bool = False,
+                 seed: int = 0, stats: Optional[StatsWriter] = None):
+        self.model, self.loader, self.optimizer, self.info = model, loader, optimizer, info
+        self.max_epoch, self.output_dir, self.config_text = max_epoch, output_dir, config_text
+        self.precision, self.clip_grad, self.skip_nonfinite_loss, self.seed = precision, clip_grad, \
+            skip_nonfinite_loss, seed
+        self.stats = stats or StatsWriter(output_dir, info.is_main, tensorboard=False)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler(info.device))
+        self.hooks: List[Hook] = []
         self.start_epoch, self.start_iter, self.epoch, self.iter, self.lr = 0, 0, 0, 0, 0.0
         self.iters_per_epoch = len(loader)  # the full epoch, also when resuming part-way through one
         self.saved_rng: Optional[list] = None
@@ -43,27 +49,22 @@ class Trainer:
         self.data_time = self.step_time = 0.0
         self.steps_this_run, self._run_start = 0, time.perf_counter()
 
+    def register_hooks(self, hooks: List[Hook]) -> None:
+        """Hooks run in the order given (``build.build_hooks`` says why its order matters)."""
+        self.hooks.extend(hooks)
+
     # ------------------------------------------------------------------ state
     def run_seconds(self) -> float:
         return time.perf_counter() - self._run_start
 
-    def restore(self) -> None:
-        """Auto-resume from the newest checkpoint, else initialise weights from TRAIN.CHECKPOINT_FILE_PATH."""
-        cfg = self.cfg
-        latest = ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
-        if latest:
-            saved = ckpt.resume(latest, self.model, self.optimizer, self.scaler,
-                                weights_only=cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)
-            self.start_epoch, self.start_iter = int(saved["epoch"]), int(saved.get("iter", 0))
-            self.last_checkpoint, self.saved_rng = latest, saved.get("rng")
-            self.load_hook_states(saved.get("hooks", {}), latest)
-            logger.info(f"resumed from {latest}: continuing at epoch {self.start_epoch + 1}"
-                        + (f" iteration {self.start_iter + 1}" if self.start_iter else ""))
-        elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
-            saved = ckpt.load_state(cfg.TRAIN.CHECKPOINT_FILE_PATH, cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)
-            # Not strict: a pretraining checkpoint's decoder is dropped, its positions resized (models/pretrained.py).
-            report = load_pretrained(self.model, saved, cfg.TRAIN.CHECKPOINT_FILE_PATH, cfg.TRAIN.CHECKPOINT_DROP_HEAD)
-            logger.info(report.summary())
+    def resume(self, path: str, weights_only: bool = True) -> None:
+        """Continue from checkpoint ``path``: model, optimizer, scaler, position, random state, hook states."""
+        saved = ckpt.resume(path, self.model, self.optimizer, self.scaler, weights_only=weights_only)
+        self.start_epoch, self.start_iter = int(saved["epoch"]), int(saved.get("iter", 0))
+        self.last_checkpoint, self.saved_rng = path, saved.get("rng")
+        self.load_hook_states(saved.get("hooks", {}), path)
+        logger.info(f"resumed from {path}: continuing at epoch {self.start_epoch + 1}"
+                    + (f" iteration {self.start_iter + 1}" if self.start_iter else ""))
 
     def wrap_distributed(self) -> None:
         if self.info.world_size > 1:
@@ -75,7 +76,7 @@ class Trainer:
         rng = all_gather_objects(rng_state())  # every rank's generators, so a resumed run replays them
         if self.info.is_main:
             self.last_checkpoint = ckpt.save_checkpoint(
-                self.cfg.OUTPUT_DIR, epoch, self.model, self.optimizer, self.scaler, self.cfg.dump(),
+                self.output_dir, epoch, self.model, self.optimizer, self.scaler, self.config_text,
                 extra={"hooks": self.hook_states(), "rng": rng}, iteration=iteration)
             logger.info(f"saved {self.last_checkpoint}")
         barrier()
@@ -113,15 +114,15 @@ class Trainer:
         """One optimisation step; returns the model's 0-d outputs (loss first)."""
         clip = batch["clip"].to(self.info.device, non_blocking=True)
         label = batch["label"].to(self.info.device, non_blocking=True)
-        with autocast_for(self.cfg, self.info.device):
+        with self.precision.autocast(self.info.device):
             out = self.model(clip, label)
         self.optimizer.zero_grad(set_to_none=True)
         if not self.loss_is_finite(out["loss"]):
             return {}  # TRAIN.SKIP_NONFINITE_LOSS: this step changes nothing
         self.scaler.scale(out["loss"]).backward()
-        if self.cfg.SOLVER.CLIP_GRAD > 0:
+        if self.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRAD)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
@@ -135,7 +136,7 @@ class Trainer:
         if float(all_reduce_mean(bad)) == 0.0:
             return True
         where = f"epoch {self.epoch + 1} iteration {self.iter + 1}"
-        if self.cfg.TRAIN.SKIP_NONFINITE_LOSS:
+        if self.skip_nonfinite_loss:
             self.skipped_steps += 1
             logger.warning(f"non-finite loss ({float(loss)}) at {where}: step skipped "
                            f"({self.skipped_steps} so far)")
@@ -161,10 +162,10 @@ class Trainer:
     def train(self) -> None:
         for hook in self.hooks:
             hook.before_train(self)
-        for self.epoch in range(self.start_epoch, self.cfg.SOLVER.MAX_EPOCH):
+        for self.epoch in range(self.start_epoch, self.max_epoch):
             start_iter = self.start_iter if self.epoch == self.start_epoch else 0
             # Randomness is a function of (seed, epoch, rank): a resumed epoch replays the same draws.
-            seed_everything(self.cfg.RNG_SEED, self.epoch, self.info.rank)
+            seed_everything(self.seed, self.epoch, self.info.rank)
             if start_iter:
                 self.restore_rng()
             set_loader_epoch(self.loader, self.epoch, start_iter)
@@ -177,22 +178,3 @@ class Trainer:
             hook.after_train(self)
         self.stats.close()
 
-
-def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:
-    """Model, loaders and the default hooks for ``cfg``, restored from the newest checkpoint if any."""
-    seed_everything(cfg.RNG_SEED, 0, 0)  # identical initial weights on every rank
-    model = build_model(cfg)
-    loader = build_loader(cfg, "train", info.rank, info.world_size)
-    val_loader = None
-    if cfg.TRAIN.EVAL_PERIOD and has_split(cfg, "val"):
-        val_loader = build_loader(cfg, "val", info.rank, info.world_size)
-    trainer = Trainer(cfg, info, model, loader, default_hooks(cfg, val_loader))
-    trainer.restore()
-    trainer.wrap_distributed()
-    return trainer
-
-
-def train(cfg: CfgNode, info: DistInfo) -> Trainer:
-    trainer = build_trainer(cfg, info)
-    trainer.train()
-    return trainer

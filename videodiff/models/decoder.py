@@ -1,20 +1,38 @@
-"""DiffMAE decoder blocks (main paper, Fig. 3) and the top-down wiring of decoder to encoder blocks.
+"""DiffMAE decoders (main paper, Fig. 3): one module per variant, one interface.
 
-* joint      -- timm's ``Block``: self-attention over [visible encoder tokens, noisy tokens] (MAE-style).
-* cross      -- ``CrossAttentionBlock``: noisy tokens attend to encoder features, then an MLP.
-* cross_self -- ``CrossSelfBlock``: cross-attention to encoder features, self-attention among the noisy
-  tokens, then an MLP.
+    decoder(x_t [B, M, S], t [B], encoder_features {block: [B, K, D]}, mask, grid) -> DecoderOutput
 
-All blocks are pre-norm with residuals. The encoder features (``context``) arrive already normalised and
-projected to the decoder width by the model, so the blocks do not normalise them again.
+Every variant embeds the noisy target slices x_t with its own Linear, adds the sin-cos positions of their
+grid cells and the step embedding of t, runs its blocks, and predicts x_0 of each slice. What differs is
+how a variant reads the encoder, and each owns that:
+
+* ``joint``      -- MAE-style self-attention over [visible encoder tokens, noisy tokens] (timm ``Block``);
+  reads the encoder's final output.
+* ``cross``      -- noisy tokens cross-attend to encoder features, then an MLP (``CrossAttentionBlock``).
+* ``cross_self`` -- cross-attention, self-attention among the noisy tokens, then an MLP (``CrossSelfBlock``).
+
+``cross`` and ``cross_self`` read the encoder top-down (``top_down_sources``): decoder block j attends to
+the output of encoder block ``reads[j]``. A variant states the encoder blocks it reads in ``reads``; the
+model asks the encoder for exactly those, each through the encoder's final LayerNorm (so every context is on
+the scale of the final features: the raw residual stream grows with depth), and the decoder projects each
+with one shared ``encoder_proj`` to its width (no parameters per block). The last block's context is then
+exactly the usual encoder output.
+
+A new variant is one subclass of ``DiffMAEDecoder`` (``make_block``, ``encoder_reads``, ``run_blocks``) and
+one line in ``DECODERS``.
 """
-from typing import List
+from typing import Dict, List, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
+
+from videodiff.models.masking import Grid, Mask, gather_tokens
+from videodiff.models.pos_embed import SinCosCache
+from videodiff.models.timestep import TimestepEmbedder
+from videodiff.models.vit import init_vit_weights
 
 
 def top_down_sources(encoder_depth: int, decoder_depth: int) -> List[int]:
@@ -92,18 +110,95 @@ class CrossSelfBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
-DECODER_TYPES = ("joint", "cross", "cross_self")
+class DecoderOutput(NamedTuple):
+    pred: torch.Tensor    # [B, M, S] x_0 prediction of each masked token's target slice
+    hidden: torch.Tensor  # [B, M, Dd] the normed decoder output it was read from (for extra targets such as CLIP)
 
 
-def build_decoder_blocks(decoder_type: str, dim: int, depth: int, num_heads: int,
-                         mlp_ratio: float = 4.0, qkv_bias: bool = True) -> nn.ModuleList:
-    """``depth`` blocks of the given type; raises naming an unknown ``decoder_type``."""
-    if decoder_type == "joint":
-        make = lambda: Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=nn.LayerNorm)  # noqa: E731
-    elif decoder_type == "cross":
-        make = lambda: CrossAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias)  # noqa: E731
-    elif decoder_type == "cross_self":
-        make = lambda: CrossSelfBlock(dim, num_heads, mlp_ratio, qkv_bias)  # noqa: E731
-    else:
-        raise ValueError(f"unknown decoder type {decoder_type!r}; expected one of {DECODER_TYPES}")
-    return nn.ModuleList([make() for _ in range(depth)])
+class DiffMAEDecoder(nn.Module):
+    """What every variant shares; subclasses say which blocks they stack and how those see the encoder.
+
+    Args: ``encoder_dim`` / ``encoder_depth`` of the encoder it reads, ``slice_dim`` S = p·p·C of a target
+    slice, ``dim`` / ``depth`` / ``num_heads`` of the decoder.
+    """
+
+    def __init__(self, encoder_dim: int, encoder_depth: int, slice_dim: int, dim: int = 512, depth: int = 8,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        self.reads: List[int] = self.encoder_reads(encoder_depth, depth)
+        self.encoder_proj = nn.Linear(encoder_dim, dim)
+        self.noisy_embed = nn.Linear(slice_dim, dim)
+        self.t_embedder = TimestepEmbedder(dim)
+        self.blocks = nn.ModuleList([self.make_block(dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.pred = nn.Linear(dim, slice_dim)
+        self._sincos = SinCosCache(dim)
+        self.apply(init_vit_weights)  # MAE's: xavier-uniform linears, zero biases, unit LayerNorms; nothing zeroed
+
+    # ------------------------------------------------------------------ what a variant defines
+    def make_block(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder_reads(self, encoder_depth: int, depth: int) -> List[int]:
+        """Encoder block indices whose (normed) outputs this decoder reads."""
+        raise NotImplementedError
+
+    def run_blocks(self, x: torch.Tensor, contexts: Dict[int, torch.Tensor], pos: torch.Tensor,
+                   mask: Mask) -> torch.Tensor:
+        """x [B, M, Dd] noisy tokens, contexts {block: [B, K, Dd]}, pos [B, N, Dd] -> [B, M, Dd]."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, encoder_features: Dict[int, torch.Tensor], mask: Mask,
+                grid: Grid) -> DecoderOutput:
+        """x_t [B, M, S] noisy slices of the masked tokens (order of ``mask.ids_masked``) at steps t [B]."""
+        pos = self._sincos(grid, x_t.device, x_t.dtype).expand(x_t.shape[0], -1, -1)           # [B, N, Dd]
+        x = self.noisy_embed(x_t) + gather_tokens(pos, mask.ids_masked) + self.t_embedder(t)[:, None]
+        contexts = {i: self.encoder_proj(f) for i, f in encoder_features.items()}             # [B, K, Dd] each
+        hidden = self.norm(self.run_blocks(x, contexts, pos, mask))
+        return DecoderOutput(self.pred(hidden), hidden)
+
+
+class JointDecoder(DiffMAEDecoder):
+    def make_block(self, dim, num_heads, mlp_ratio, qkv_bias):
+        return Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=nn.LayerNorm)
+
+    def encoder_reads(self, encoder_depth, depth):
+        return [encoder_depth - 1]
+
+    def run_blocks(self, x, contexts, pos, mask):
+        visible = contexts[self.reads[0]] + gather_tokens(pos, mask.ids_keep)               # [B, K, Dd]
+        x = torch.cat([visible, x], dim=1)                                                    # [B, K + M, Dd]
+        for block in self.blocks:
+            x = block(x)
+        return x[:, visible.shape[1]:]                                                        # [B, M, Dd]
+
+
+class CrossDecoder(DiffMAEDecoder):
+    def make_block(self, dim, num_heads, mlp_ratio, qkv_bias):
+        return CrossAttentionBlock(dim, num_heads, mlp_ratio, qkv_bias)
+
+    def encoder_reads(self, encoder_depth, depth):
+        return top_down_sources(encoder_depth, depth)
+
+    def run_blocks(self, x, contexts, pos, mask):
+        for block, source in zip(self.blocks, self.reads):
+            x = block(x, contexts[source])
+        return x
+
+
+class CrossSelfDecoder(CrossDecoder):
+    def make_block(self, dim, num_heads, mlp_ratio, qkv_bias):
+        return CrossSelfBlock(dim, num_heads, mlp_ratio, qkv_bias)
+
+
+DECODERS = {"joint": JointDecoder, "cross": CrossDecoder, "cross_self": CrossSelfDecoder}
+DECODER_TYPES = tuple(DECODERS)
+
+
+def build_decoder(decoder_type: str, **kwargs) -> DiffMAEDecoder:
+    """The ``decoder_type`` variant with ``DiffMAEDecoder``'s arguments; raises naming an unknown type."""
+    if decoder_type not in DECODERS:
+        raise ValueError(f"unknown decoder type {decoder_type!r}; expected one of {', '.join(DECODER_TYPES)}")
+    return DECODERS[decoder_type](**kwargs)
+

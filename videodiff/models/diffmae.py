@@ -10,15 +10,12 @@ Conventions (see also ``patchify.py``, ``decoder.py``, ``diffusion.py``):
 * Target. For each spacetime token, the single frame ``target_slice`` of its t_patch·p·p patch,
   [p·p·C] values in (dy, dx, c) order (DiffMAE supplement A.2). For images (t_patch = 1) it is the patch.
 * Inputs. The encoder embeds clean patches with its own Conv3d; the decoder embeds the noisy slices
-  with its own Linear (``noisy_embed``) and adds sin-cos positions of the token's grid cell (decoder
+  with its own Linear (``decoder.noisy_embed``) and adds sin-cos positions of the token's grid cell (decoder
   width) and ``TimestepEmbedder(t)``.
-* Encoder output. ViT blocks -> the encoder LayerNorm (``encoder.norm``) -> Linear to the decoder
-  width (``encoder_proj``). The cross / cross_self decoders read encoder blocks top-down
-  (``decoder.top_down_sources``): decoder block j attends to the output of encoder block
-  ``sources[j]``, passed through the *same* ``encoder.norm`` and ``encoder_proj``. Sharing them keeps
-  every context on the scale the final features have (the raw residual stream grows with depth) and adds
-  no parameters per decoder block; the last block's context is then exactly the usual encoder output.
-  The joint decoder reads only the final output.
+* Decoder. One module per variant (``decoder.py``: joint, cross, cross_self), each owning how it reads the
+  encoder: ``decoder.reads`` lists the encoder blocks it needs; ``forward_encoder`` asks the encoder for exactly
+  those, each through the encoder's final LayerNorm (``VisionTransformer.block_features``), and the decoder
+  projects them to its width, adds positions and the step embedding, and predicts x_0.
 * norm_pix_loss. When on, targets are normalised per patch (its own mean / std) and the noise is
   added in that normalised space. At generation time the statistics of masked patches are unknown,
   so ``generate`` then returns -- and pastes -- *normalised* patches (``result["normalized"]``). The
@@ -28,23 +25,20 @@ Conventions (see also ``patchify.py``, ``decoder.py``, ``diffusion.py``):
   normed output of the masked tokens; ``forward`` then also reports ``loss_pixel`` and ``loss_clip``. Without it
   (the default) the model, its state dict and its outputs are exactly the pixel-only DiffMAE.
 """
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
-from videodiff.models.decoder import DECODER_TYPES, build_decoder_blocks, top_down_sources
+from videodiff.models.decoder import DecoderOutput, build_decoder
 from videodiff.models.diffusion import GaussianDiffusion
-from videodiff.models.masking import MASK_KINDS, Mask, gather_tokens, merge_tokens
+from videodiff.models.masking import Grid, Mask, check_mask_kind, gather_tokens, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify, time_slice, unpatchify
 from videodiff.models.masked_tokens import MaskedTokensMixin
-from videodiff.models.pos_embed import SinCosCache
-from videodiff.models.timestep import TimestepEmbedder
-from videodiff.models.vit import VisionTransformer, init_vit_weights
+from videodiff.models.vit import VisionTransformer
 
-Grid = Tuple[int, int, int]
-# (projected final encoder tokens [B, K, Dd], per-decoder-block contexts [B, K, Dd] or None for "joint")
-EncoderOutput = Tuple[torch.Tensor, Optional[List[torch.Tensor]]]
+# {encoder block: its normed output [B, K, D]}, the blocks the decoder reads
+EncoderFeatures = Dict[int, torch.Tensor]
 
 
 class DiffMAE(MaskedTokensMixin, nn.Module):
@@ -58,13 +52,11 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
                  num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, rho: float = 0.8,
                  schedule: str = "linear", clip_target: Optional[nn.Module] = None):
         super().__init__()
-        _check_choice("decoder type", decoder_type, DECODER_TYPES)
-        _check_choice("mask type", mask_type, MASK_KINDS)
+        check_mask_kind(mask_type)
         if not 0 <= target_slice < t_patch:
             raise ValueError(f"target_slice {target_slice} must lie in [0, t_patch = {t_patch})")
         self.patch_size, self.t_patch, self.in_chans = patch_size, t_patch, in_chans
         self.slice_dim = patch_size * patch_size * in_chans
-        self.decoder_type, self.decoder_embed_dim = decoder_type, decoder_embed_dim
         self.mask_type, self.mask_ratio = mask_type, mask_ratio
         self.target_slice, self.norm_pix_loss = target_slice, norm_pix_loss
         with torch.device("cpu"):  # schedule arrays live on the CPU in float64, also when built under a meta device
@@ -72,36 +64,15 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
 
         self.encoder = VisionTransformer(patch_size, t_patch, in_chans, embed_dim, depth, num_heads, mlp_ratio,
                                          qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True)
-        self.encoder_proj = nn.Linear(embed_dim, decoder_embed_dim)
-        self.sources = [] if decoder_type == "joint" else top_down_sources(depth, decoder_depth)
-        self.noisy_embed = nn.Linear(self.slice_dim, decoder_embed_dim)
-        self.t_embedder = TimestepEmbedder(decoder_embed_dim)
-        self.decoder_blocks = build_decoder_blocks(decoder_type, decoder_embed_dim, decoder_depth,
-                                                   decoder_num_heads, mlp_ratio, qkv_bias)
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, self.slice_dim)
-        self._sincos = SinCosCache(decoder_embed_dim)
-        self.initialize_weights()
+        self.decoder = build_decoder(decoder_type, encoder_dim=embed_dim, encoder_depth=depth,
+                                     slice_dim=self.slice_dim, dim=decoder_embed_dim, depth=decoder_depth,
+                                     num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
         self.clip_target = clip_target  # initialised by itself; None = pixel-only DiffMAE
 
-    def initialize_weights(self) -> None:
-        """MAE's init everywhere: xavier-uniform linears, zero biases, unit LayerNorms; nothing zero-initialised.
-
-        The encoder initialised itself (same rule, plus its Conv3d as a flattened linear).
-        """
-        for module in (self.encoder_proj, self.noisy_embed, self.t_embedder, self.decoder_blocks,
-                       self.decoder_norm, self.decoder_pred):
-            module.apply(init_vit_weights)
-
     # ------------------------------------------------------------------ the method, one step each
-    def forward_encoder(self, clip: torch.Tensor, ids_keep: torch.Tensor) -> EncoderOutput:
-        """Visible tokens only -> (latent [B, K, Dd], contexts: one [B, K, Dd] per decoder block, or None)."""
-        if self.decoder_type == "joint":
-            latent = self.encoder.forward_features(clip, ids_keep)                   # [B, K, D], normed
-            return self.encoder_proj(latent), None
-        latent, blocks = self.encoder.forward_features(clip, ids_keep, return_block_outputs=True)
-        projected = {i: self.encoder_proj(self.encoder.norm(blocks[i])) for i in set(self.sources)}
-        return self.encoder_proj(latent), [projected[i] for i in self.sources]
+    def forward_encoder(self, clip: torch.Tensor, ids_keep: torch.Tensor) -> EncoderFeatures:
+        """Visible tokens only -> the normed outputs of the encoder blocks the decoder reads, {block: [B, K, D]}."""
+        return self.encoder.block_features(clip, ids_keep, self.decoder.reads)
 
     def targets(self, clip: torch.Tensor) -> torch.Tensor:
         """Clean x_0 of every token: frame ``target_slice`` of its patch, [B, N, p·p·C] (per-patch normed if norm_pix)."""
@@ -109,25 +80,10 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
         x0 = time_slice(patches, self.t_patch, self.patch_size, self.in_chans, self.target_slice)
         return patch_normalize(x0)[0] if self.norm_pix_loss else x0
 
-    def forward_decoder(self, enc: EncoderOutput, x_t: torch.Tensor, t: torch.Tensor, ids_keep: torch.Tensor,
-                        ids_masked: torch.Tensor, grid: Grid, return_features: bool = False):
-        """Noisy slices x_t [B, M, p·p·C] at steps t [B] -> x_0 prediction [B, M, p·p·C]
-        (with ``return_features`` also the normed decoder output [B, M, Dd] it was read from)."""
-        latent, contexts = enc
-        pos = self.decoder_pos_embed(grid, x_t.device, x_t.dtype).expand(x_t.shape[0], -1, -1)  # [B, N, Dd]
-        x = self.noisy_embed(x_t) + gather_tokens(pos, ids_masked) + self.t_embedder(t)[:, None]  # [B, M, Dd]
-        if self.decoder_type == "joint":
-            visible = latent + gather_tokens(pos, ids_keep)                         # [B, K, Dd]
-            x = torch.cat([visible, x], dim=1)                                      # [B, K + M, Dd]
-            for block in self.decoder_blocks:
-                x = block(x)
-            x = x[:, visible.shape[1]:]                                             # [B, M, Dd]
-        else:
-            for block, context in zip(self.decoder_blocks, contexts):
-                x = block(x, context)
-        x = self.decoder_norm(x)
-        pred = self.decoder_pred(x)                                                 # [B, M, p·p·C]
-        return (pred, x) if return_features else pred
+    def forward_decoder(self, features: EncoderFeatures, x_t: torch.Tensor, t: torch.Tensor, mask: Mask,
+                        grid: Grid) -> DecoderOutput:
+        """Noisy slices x_t [B, M, p·p·C] of the masked tokens at steps t [B] -> DecoderOutput(pred, hidden)."""
+        return self.decoder(x_t, t, features, mask, grid)
 
     def forward_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE between x_0 prediction and target, both [B, M, p·p·C] of masked tokens only."""
@@ -136,15 +92,15 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
     def forward(self, clip: torch.Tensor, label: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """clip [B, C, T, H, W] -> {"loss"}; ``label`` is ignored (self-supervised)."""
         mask, grid = self.mask(clip), self.grid(clip)
-        enc = self.forward_encoder(clip, mask.ids_keep)
+        features = self.forward_encoder(clip, mask.ids_keep)
         x0 = gather_tokens(self.targets(clip), mask.ids_masked)                    # [B, M, p·p·C]
         t = self.diffusion.sample_timesteps(clip.shape[0], device=clip.device)     # [B], uniform
         x_t = self.diffusion.q_sample(x0, t)
-        pred, features = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid, return_features=True)
-        loss = self.forward_loss(pred, x0)
+        out = self.forward_decoder(features, x_t, t, mask, grid)
+        loss = self.forward_loss(out.pred, x0)
         if self.clip_target is None:
             return {"loss": loss}
-        loss_clip = self.clip_target.loss(features, clip, mask.ids_masked, grid)
+        loss_clip = self.clip_target.loss(out.hidden, clip, mask.ids_masked, grid)
         return {"loss": loss + self.clip_target.weight * loss_clip, "loss_pixel": loss.detach(),
                 "loss_clip": loss_clip.detach()}
 
@@ -165,15 +121,19 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
         """
         mask = self.mask(clip, generator) if mask is None else mask
         grid = self.grid(clip)
-        enc = self.forward_encoder(clip, mask.ids_keep)
+        features = self.forward_encoder(clip, mask.ids_keep)
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, grid)
+            return self.forward_decoder(features, x_t, t, mask, grid).pred
 
         shape = (clip.shape[0], mask.ids_masked.shape[1], self.slice_dim)
-        out = self.diffusion.sample_loop(denoise, shape, num_sample_steps, generator, tuple(return_intermediates_at),
-                                         device=clip.device, dtype=clip.dtype)
-        x0, intermediates = out if isinstance(out, tuple) else (out, {})
+        record = self.diffusion.chain_steps_nearest(return_intermediates_at, num_sample_steps)
+        intermediates: Dict[int, torch.Tensor] = {}
+        for step in self.diffusion.sample_loop_progressive(denoise, shape, num_sample_steps, generator,
+                                                           device=clip.device, dtype=clip.dtype):
+            if step.t in record:
+                intermediates[step.t] = step.x_t
+        x0 = step.x_next
         return {"x0": x0, "intermediates": intermediates, "mask": mask, "clip": self.paste(clip, x0, mask),
                 "normalized": self.norm_pix_loss}
 
@@ -197,14 +157,10 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
         """
         if not torch.is_tensor(t):
             t = torch.full((clip.shape[0],), int(t), dtype=torch.long, device=clip.device)
-        enc = self.forward_encoder(clip, mask.ids_keep)
+        features = self.forward_encoder(clip, mask.ids_keep)
         x0 = gather_tokens(self.targets(clip), mask.ids_masked)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        pred = self.forward_decoder(enc, x_t, t, mask.ids_keep, mask.ids_masked, self.grid(clip))
+        pred = self.forward_decoder(features, x_t, t, mask, self.grid(clip)).pred
         return {"pred": pred, "target": x0, "mse": self.forward_loss(pred, x0)}
 
-
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")

@@ -49,7 +49,7 @@ device of their inputs (cached per device) and cast them to the input's dtype.
 """
 
 import math
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -281,47 +281,62 @@ class GaussianDiffusion:
     @torch.no_grad()
     def sample_loop(self, denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     shape_or_xT: Union[torch.Tensor, Sequence[int]], num_sample_steps: Optional[int] = None,
-                    generator: Optional[torch.Generator] = None, return_intermediates_at: Iterable[int] = (),
-                    device: Union[str, torch.device, None] = None, dtype: torch.dtype = torch.float32):
+                    generator: Optional[torch.Generator] = None, device: Union[str, torch.device, None] = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Run the reverse process from x_T and return the final x_0 estimate [B, ...].
 
         ``denoise_fn(x_t, t) -> x0_pred`` gets x_t [B, ...] and t LongTensor [B] (the *original*
         timestep index, also when strided). ``shape_or_xT`` is a shape (pure noise is drawn with
         ``generator`` on ``device``/``dtype``) or a given x_T tensor. ``num_sample_steps`` picks
-        ``sampling_timesteps(n)``; None runs all num_steps steps.
+        ``sampling_timesteps(n)``; None runs all num_steps steps. For the states along the way, iterate
+        ``sample_loop_progressive`` instead (same arguments, same draws).
+        """
+        for step in self.sample_loop_progressive(denoise_fn, shape_or_xT, num_sample_steps, generator, device, dtype):
+            pass
+        return step.x_next
 
-        With ``return_intermediates_at`` (timestep indices in [0, num_steps)), returns
-        ``(x0, {t_chain: x_t})``: each requested t is mapped to the nearest timestep of the sampling
-        chain (ties to the noisier one), and the stored tensor is x_t as fed to denoise_fn at that
-        step; e.g. (999, 499, 0) gives the rows of a "t = 1000 / 500 / 0" figure.
+    @torch.no_grad()
+    def sample_loop_progressive(self, denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                                shape_or_xT: Union[torch.Tensor, Sequence[int]],
+                                num_sample_steps: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                                device: Union[str, torch.device, None] = None,
+                                dtype: torch.dtype = torch.float32) -> Iterator["ReverseStep"]:
+        """``sample_loop`` one reverse step at a time (as DiT's ``p_sample_loop_progressive``).
+
+        Yields a ``ReverseStep(t, x_t, x0_pred, x_next)`` per chain step, noisiest first: x_t as fed to
+        ``denoise_fn`` at step t, its x_0 prediction, and the state it moved to; the last step's ``x_next``
+        is the sample.
         """
         if isinstance(shape_or_xT, torch.Tensor):
             x = shape_or_xT.to(device=device or shape_or_xT.device)
         else:
             x = torch.randn(tuple(shape_or_xT), generator=generator, device=device, dtype=dtype)
-        timesteps = self.sampling_timesteps(num_sample_steps)
-        record = self._match_timesteps(return_intermediates_at, timesteps)
-        intermediates: Dict[int, torch.Tensor] = {}
-        chain = timesteps.tolist() + [-1]
+        chain = self.sampling_timesteps(num_sample_steps).tolist() + [-1]
         for t_val, s_val in zip(chain[:-1], chain[1:]):
-            if t_val in record:
-                intermediates[t_val] = x.clone()
             t = torch.full((x.shape[0],), t_val, dtype=torch.long, device=x.device)
             s = torch.full_like(t, s_val)
             x0_pred = denoise_fn(x, t)
             noise = (torch.zeros_like(x) if s_val < 0  # last step: variance is 0, draw nothing
                      else torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            x = self.p_sample_step(x0_pred, x, t, s, noise=noise)
-        if record:
-            return x, intermediates
-        return x
+            x_next = self.p_sample_step(x0_pred, x, t, s, noise=noise)
+            yield ReverseStep(t_val, x, x0_pred, x_next)
+            x = x_next
 
-    def _match_timesteps(self, requested: Iterable[int], timesteps: torch.Tensor) -> set:
-        chain = timesteps.tolist()
+    def chain_steps_nearest(self, requested: Iterable[int], num_sample_steps: Optional[int] = None) -> set:
+        """The steps of the ``num_sample_steps`` chain nearest each requested t in [0, num_steps) (ties to the
+        noisier one); e.g. (999, 499, 0) picks the rows of a "t = 1000 / 500 / 0" figure."""
+        chain = self.sampling_timesteps(num_sample_steps).tolist()
         matched = set()
         for r in requested:
             if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.num_steps:
-                raise ValueError(f"return_intermediates_at entries must be integers in "
-                                 f"[0, {self.num_steps}), got {r!r}")
+                raise ValueError(f"requested timesteps must be integers in [0, {self.num_steps}), got {r!r}")
             matched.add(min(chain, key=lambda c: (abs(c - r), -c)))
         return matched
+
+
+class ReverseStep(NamedTuple):
+    """One step of the reverse chain (``GaussianDiffusion.sample_loop_progressive``)."""
+    t: int                  # the timestep index denoised at this step
+    x_t: torch.Tensor       # [B, ...] the state fed to the denoiser
+    x0_pred: torch.Tensor   # [B, ...] its x_0 prediction
+    x_next: torch.Tensor    # [B, ...] the state after the step (the sample, after the last one)

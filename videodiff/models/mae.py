@@ -6,19 +6,17 @@
 Same encoder as ``DiffMAE`` (parameter names ``encoder.*``), same patch layout (``patchify.py``), same
 decoder width / depth / heads, so the two differ only in what the decoder sees and predicts.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from videodiff.models.masking import MASK_KINDS, Mask, merge_tokens
+from videodiff.models.masking import Grid, Mask, check_mask_kind, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify
 from videodiff.models.masked_tokens import MaskedTokensMixin
 from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.vit import VisionTransformer, init_vit_weights
-
-Grid = Tuple[int, int, int]
 
 
 class MAE(MaskedTokensMixin, nn.Module):
@@ -30,8 +28,7 @@ class MAE(MaskedTokensMixin, nn.Module):
                  decoder_num_heads: int = 16, mask_type: str = "random", mask_ratio: float = 0.9,
                  norm_pix_loss: bool = True):
         super().__init__()
-        if mask_type not in MASK_KINDS:
-            raise ValueError(f"unknown mask type {mask_type!r}; expected one of {', '.join(MASK_KINDS)}")
+        check_mask_kind(mask_type)
         self.patch_size, self.t_patch = patch_size, t_patch
         self.decoder_embed_dim = decoder_embed_dim
         self.mask_type, self.mask_ratio, self.norm_pix_loss = mask_type, mask_ratio, norm_pix_loss
@@ -63,7 +60,7 @@ class MAE(MaskedTokensMixin, nn.Module):
         b, m = latent.shape[0], mask.ids_masked.shape[1]
         mask_tokens = self.mask_token.to(latent.dtype).expand(b, m, -1)           # [B, M, Dd]
         x = merge_tokens(latent, mask_tokens, mask.ids_keep, mask.ids_masked)      # [B, N, Dd], token order
-        x = x + self.decoder_pos_embed(grid, x.device, x.dtype)
+        x = x + self._sincos(grid, x.device, x.dtype)                              # decoder-width positions
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))                              # [B, N, t·p·p·C]

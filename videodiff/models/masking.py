@@ -20,7 +20,6 @@ import torch
 
 Grid = Tuple[int, int, int]
 Device = Union[str, torch.device]
-MASK_KINDS = ("random", "tube", "center")
 
 
 class Mask(NamedTuple):
@@ -125,13 +124,19 @@ def center_masking(batch: int, grid: Sequence[int], ratio: float, device: Device
 
 
 _BUILDERS = {"random": random_masking, "tube": tube_masking, "center": center_masking}
+MASK_KINDS = tuple(_BUILDERS)  # the one list of MASK.TYPE values (config validation imports it)
+
+
+def check_mask_kind(kind: str) -> None:
+    """Raise naming an unknown mask kind (models check at construction, not at the first step)."""
+    if kind not in MASK_KINDS:
+        raise ValueError(f"unknown mask type {kind!r}; expected one of {', '.join(MASK_KINDS)}")
 
 
 def build_mask(kind: str, batch: int, grid: Sequence[int], ratio: float, device: Device = "cpu",
                generator: Optional[torch.Generator] = None) -> Mask:
     """Dispatch on ``kind`` ("random" / "tube" / "center"), the config key ``MASK.TYPE``."""
-    if kind not in _BUILDERS:
-        raise ValueError(f"unknown mask type {kind!r}; expected one of {MASK_KINDS}")
+    check_mask_kind(kind)
     return _BUILDERS[kind](batch, grid, ratio, device=device, generator=generator)
 
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videodiff.engine.checkpoint import CheckpointError, unwrap
+from videodiff.state_dicts import CheckpointError, unwrap
 
-ENCODER, HEAD = "encoder.", "head."
+ENCODER, DECODER, HEAD = "encoder.", "decoder.", "head."
 POS_KEY = "encoder.learned_pos_embed"
 # A missing / unexpected encoder key -> the setting that most likely explains it.
 _HINTS = {"encoder.learned_pos_embed": "VIT.POS_EMBED", "encoder.cls_token": "VIT.CLS_TOKEN",
@@ -49,11 +49,12 @@ class LoadReport:
 
 
 def _compact(entries: List[str]) -> List[str]:
-    """Collapse entries that share a top-level module and suffix ("decoder_blocks.* (96) (reason)") for the log."""
+    """Collapse entries that share a module and suffix ("decoder.blocks.* (96) (reason)") for the log; encoder and
+    decoder keys group one level deeper."""
     groups: Dict[Tuple[str, str], List[str]] = {}
     for entry in entries:
         key, _, rest = entry.partition(" ")
-        head = key.split(".")[0] if not key.startswith(ENCODER) else ".".join(key.split(".")[:2])
+        head = ".".join(key.split(".")[:2 if key.startswith((ENCODER, DECODER)) else 1])
         groups.setdefault((head, rest), []).append(entry)
     return [members[0] if len(members) == 1 else f"{head}.* ({len(members)}){' ' + rest if rest else ''}"
             for (head, rest), members in groups.items()]

@@ -9,7 +9,7 @@ VideoMAE; ``videodiff/models/convert.py``) bring learned absolute positions and 
 grid, so tools can resize it) and ``cls_token=True`` prepends one token (``num_prefix_tokens`` = 1).
 """
 from functools import partial
-from typing import List, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import trunc_normal_
@@ -79,24 +79,33 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(clip)
         return x + self.pos_embed(grid, x.device, x.dtype), grid
 
-    def forward_features(self, clip: torch.Tensor, ids_keep: Optional[torch.Tensor] = None,
-                         return_block_outputs: bool = False):
+    def forward_features(self, clip: torch.Tensor, ids_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode ``clip``; with ``ids_keep`` [B, K] only those tokens enter the blocks (MAE-style).
 
-        Returns normalised tokens [B, P + (K or N), D] (P = ``num_prefix_tokens``: the class token comes first);
-        with ``return_block_outputs`` also the list of every block's output (for decoders that read encoder
-        blocks top-down).
+        Returns normalised tokens [B, P + (K or N), D] (P = ``num_prefix_tokens``: the class token comes first).
         """
+        return self.block_features(clip, ids_keep, [len(self.blocks) - 1])[len(self.blocks) - 1]
+
+    def block_features(self, clip: torch.Tensor, ids_keep: Optional[torch.Tensor],
+                       blocks: Sequence[int]) -> Dict[int, torch.Tensor]:
+        """The outputs of the given blocks, each through the final norm: {block: [B, P + (K or N), D]}.
+
+        Block ``depth - 1`` gives exactly ``forward_features``; decoders that read the encoder top-down ask for
+        several. Blocks after the highest one asked for are not run.
+        """
+        wanted = set(blocks)
+        if not wanted or not all(0 <= i < len(self.blocks) for i in wanted):
+            raise ValueError(f"blocks must be indices in [0, {len(self.blocks)}), got {list(blocks)}")
         x, _ = self.embed(clip)
         if ids_keep is not None:
             x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
         x = self.prepend_cls_token(x)
-        outputs: List[torch.Tensor] = []
-        for block in self.blocks:
+        features: Dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks[:max(wanted) + 1]):
             x = block(x)
-            outputs.append(x)
-        x = self.norm(x)
-        return (x, outputs) if return_block_outputs else x
+            if i in wanted:
+                features[i] = self.norm(x)
+        return features
 
     def prepend_cls_token(self, x: torch.Tensor) -> torch.Tensor:
         """tokens [B, K, D] -> [B, P + K, D]: the class token (plus its learned position) first, if there is one."""

@@ -1,0 +1,104 @@
+"""Config -> a ready Trainer: the one place where the training loop's settings are read from the config.
+
+``build_trainer`` builds model, loaders and optimizer, maps the config to the plain arguments of ``Trainer`` and of
+each hook, assembles the hooks in order, restores the newest checkpoint (or initial weights), and wraps DDP.
+"""
+from typing import List, Optional
+
+from fvcore.common.config import CfgNode
+from timm.data import Mixup
+
+from videodiff.data import build_loader
+from videodiff.engine import checkpoint as ckpt
+from videodiff.engine.distributed import DistInfo
+from videodiff.engine.ema_hook import EmaHook
+from videodiff.engine.evaluate import evaluate, has_split
+from videodiff.engine.hooks import CheckpointHook, EvalHook, Hook, LoggingHook, LRScheduleHook
+from videodiff.engine.logging import StatsWriter, logger
+from videodiff.engine.media_hook import SkippedMediaHook
+from videodiff.engine.mixup_hook import MixupHook
+from videodiff.engine.optim import build_optimizer, lr_schedule
+from videodiff.engine.precision import precision_from_cfg
+from videodiff.engine.preemption import IterCheckpointHook, PreemptionHook
+from videodiff.engine.seed import seed_everything
+from videodiff.engine.train import Trainer
+from videodiff.models.build import build_model
+from videodiff.models.pretrained import load_pretrained
+
+
+def build_mixup(cfg: CfgNode) -> Mixup:
+    m = cfg.MIXUP
+    return Mixup(mixup_alpha=m.ALPHA, cutmix_alpha=m.CUTMIX_ALPHA, prob=m.PROB, switch_prob=m.SWITCH_PROB,
+                 mode="batch", label_smoothing=m.LABEL_SMOOTH_VALUE, num_classes=cfg.MODEL.NUM_CLASSES)
+
+
+def build_hooks(cfg: CfgNode, trainer: Trainer) -> List[Hook]:
+    """The run's hooks, in the order they must run:
+
+    the schedule before every step; checkpointing before evaluation (a crash in evaluation loses nothing); the
+    bad-media check after the epoch checkpoint (its stop loses nothing); EMA before any hook that checkpoints in
+    ``after_step`` (saved EMA has every update); pre-emption after the others (a pre-empted step is fully logged
+    and counted); validation, then the EMA's validation, last.
+    """
+    hooks: List[Hook] = [LRScheduleHook(lr_schedule(cfg)), LoggingHook(cfg.LOG_PERIOD),
+                         CheckpointHook(cfg.TRAIN.CHECKPOINT_PERIOD),
+                         SkippedMediaHook(cfg.DATA.MAX_FAILED_FRACTION, cfg.OUTPUT_DIR)]
+    if cfg.MIXUP.ENABLE:
+        hooks.append(MixupHook(build_mixup(cfg)))
+    ema = EmaHook(cfg.MODEL_EMA.DECAY) if cfg.MODEL_EMA.ENABLE else None
+    if ema is not None:
+        hooks.append(ema)
+    if cfg.TRAIN.CHECKPOINT_ITER_PERIOD:
+        hooks.append(IterCheckpointHook(cfg.TRAIN.CHECKPOINT_ITER_PERIOD))
+    hooks.append(PreemptionHook())
+    hooks.extend(validation_hooks(cfg, trainer, ema))
+    return hooks
+
+
+def validation_hooks(cfg: CfgNode, trainer: Trainer, ema: Optional[EmaHook]) -> List[Hook]:
+    """Validation every TRAIN.EVAL_PERIOD epochs (and of the EMA weights, if any); none without a val split."""
+    period, info = cfg.TRAIN.EVAL_PERIOD, trainer.info
+    if not period:
+        return []
+    if not has_split(cfg, "val"):
+        logger.warning(f"TRAIN.EVAL_PERIOD = {period} but {cfg.DATA.PATH_TO_DATA_DIR} has no val split (val.csv "
+                       f"or val/): this run is not validated")
+        return []
+    loader = build_loader(cfg, "val", info.rank, info.world_size)
+    hooks: List[Hook] = [EvalHook(period, lambda: evaluate(trainer.model, loader, cfg, info, split="val"))]
+    if ema is not None:
+        hooks.append(EvalHook(period, lambda: evaluate(ema.module, loader, cfg, info, split="val_ema"), "val (EMA)"))
+    return hooks
+
+
+def restore(trainer: Trainer, cfg: CfgNode) -> None:
+    """Auto-resume from the newest checkpoint, else initialise weights from TRAIN.CHECKPOINT_FILE_PATH."""
+    weights_only = cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY
+    latest = ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
+    if latest:
+        trainer.resume(latest, weights_only)
+    elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
+        path = cfg.TRAIN.CHECKPOINT_FILE_PATH
+        # Not strict: a pretraining checkpoint's decoder is dropped, its positions resized (models/pretrained.py).
+        logger.info(load_pretrained(trainer.model, ckpt.load_state(path, weights_only), path).summary())
+
+
+def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:
+    """Model, loaders, optimizer and hooks for ``cfg``, restored from the newest checkpoint if any."""
+    seed_everything(cfg.RNG_SEED, 0, 0)  # identical initial weights on every rank
+    model = build_model(cfg).to(info.device)
+    loader = build_loader(cfg, "train", info.rank, info.world_size)
+    trainer = Trainer(model, loader, build_optimizer(model, cfg), max_epoch=cfg.SOLVER.MAX_EPOCH, info=info,
+                      output_dir=cfg.OUTPUT_DIR, config_text=cfg.dump(), precision=precision_from_cfg(cfg),
+                      clip_grad=cfg.SOLVER.CLIP_GRAD, skip_nonfinite_loss=cfg.TRAIN.SKIP_NONFINITE_LOSS,
+                      seed=cfg.RNG_SEED, stats=StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE))
+    trainer.register_hooks(build_hooks(cfg, trainer))
+    restore(trainer, cfg)
+    trainer.wrap_distributed()
+    return trainer
+
+
+def train(cfg: CfgNode, info: DistInfo) -> Trainer:
+    trainer = build_trainer(cfg, info)
+    trainer.train()
+    return trainer
