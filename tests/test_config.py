@@ -104,3 +104,37 @@ def test_loaded_config_is_frozen():
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*", "*.yaml"))))
 def test_shipped_configs_load(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("opts, pattern", [
+    (["MODEL.MODEL_NAME", "DifMAE"], r"MODEL\.MODEL_NAME \(from command line\) = 'DifMAE' is not a registered model; "
+                                     r"choose one of .*DiffMAE.*VitClassifier"),
+    (["TRAIN.DATASET", "kinetic"], r"TRAIN\.DATASET \(from command line\) = 'kinetic' .* one of kinetics, imagefolder"),
+    (["DATA.DECODING_BACKEND", "ffmpeg"], r"DATA\.DECODING_BACKEND .* one of decord, pyav, torchcodec"),
+    (["DIFFMAE.DECODER_TYPE", "crosss"], r"DIFFMAE\.DECODER_TYPE .* one of joint, cross, cross_self"),
+])
+def test_names_are_checked_against_their_registries_before_any_work(opts, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, opts)
+
+
+def test_a_newly_registered_choice_is_allowed_without_touching_validation(monkeypatch):
+    from videodiff.models.decoder import DECODERS, JointDecoder
+
+    with pytest.raises(ConfigError, match="DIFFMAE.DECODER_TYPE"):
+        load_config(None, ["DIFFMAE.DECODER_TYPE", "joint2"])
+    monkeypatch.setitem(DECODERS, "joint2", JointDecoder)
+    assert load_config(None, ["DIFFMAE.DECODER_TYPE", "joint2"]).DIFFMAE.DECODER_TYPE == "joint2"
+
+
+def test_model_rules_run_only_for_their_model():
+    bad_decoder = ["DIFFMAE.DECODER_EMBED_DIM", "36", "DIFFMAE.DECODER_NUM_HEADS", "4"]  # 36 % 8 != 0
+    for name in ("DiffMAE", "MAE"):
+        with pytest.raises(ConfigError, match=r"DIFFMAE\.DECODER_EMBED_DIM .* not divisible by 8"):
+            load_config(None, ["MODEL.MODEL_NAME", name] + bad_decoder)
+    assert load_config(None, ["MODEL.MODEL_NAME", "VitClassifier"] + bad_decoder)  # not its keys
+    with pytest.raises(ConfigError, match=r"DIFFMAE\.TARGET_SLICE .* VIT\.TEMPORAL_PATCH_SIZE - 1 = 1"):
+        load_config(None, ["MODEL.MODEL_NAME", "DiffMAE", "DIFFMAE.TARGET_SLICE", "2"])
+    with pytest.raises(ConfigError, match=r"VIT\.POS_EMBED .* MAE pretrains with sin-cos positions"):
+        load_config(None, ["MODEL.MODEL_NAME", "MAE", "VIT.CLS_TOKEN", "True"])
+    assert load_config(None, ["MODEL.MODEL_NAME", "VitClassifier", "VIT.CLS_TOKEN", "True"])

@@ -1,23 +1,43 @@
 """Value checks run on every merged config, before any work: one line naming the key, its source, what is allowed.
 
 Checks are data (a table of ranges and choices) plus a few cross-key rules; a method that adds keys adds rows.
+Allowed values come from the modules that own them (one source each: a new backend, mask, schedule, decoder,
+optimizer, dataset or model is allowed as soon as it is registered there), and rules that concern one model
+live with that model's registry entry (``models/build.py``) and run only when it is the chosen model.
 """
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Collection, Dict, Sequence, Tuple, Union
 
 from fvcore.common.config import CfgNode
+
+from videodiff.data.build import DATASETS
+from videodiff.data.decoding import BACKENDS
+from videodiff.data.randaug import parse_rand_aug  # the one grammar of AUG.RAND_AUG
+from videodiff.engine.optim import LR_POLICIES, OPTIMIZERS
+from videodiff.engine.precision import AMP_DTYPES
+from videodiff.models.build import MODELS
+from videodiff.models.clip_target import CLIP_ACTS
+from videodiff.models.decoder import DECODERS
+from videodiff.models.diffusion import SCHEDULES
+from videodiff.models.masking import MASK_KINDS
+from videodiff.models.vit import POS_EMBED_TYPES
 
 
 class ConfigError(ValueError):
     """A config key has an unknown name, a wrong type, or an impossible value."""
 
 
-# key -> (predicate, what is allowed)
-_RANGES: Dict[str, Tuple[Callable, str]] = {}
+# key -> (predicate, what is allowed: text, or a function giving it)
+_RANGES: Dict[str, Tuple[Callable, Union[str, Callable[[], str]]]] = {}
 
 
-def _rule(keys: Sequence[str], check: Callable, allowed: str) -> None:
+def _rule(keys: Sequence[str], check: Callable, allowed: Union[str, Callable[[], str]]) -> None:
     for key in keys:
         _RANGES[key] = (check, allowed)
+
+
+def _choice(keys: Sequence[str], choices: Collection[str]) -> None:
+    """One of ``choices``, read when a config is checked: a registry (a dict) that grows later is honoured."""
+    _rule(keys, lambda v: v in choices, lambda: "one of " + ", ".join(choices))
 
 
 _rule(["TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TRAIN_CROP_SIZE",
@@ -31,32 +51,33 @@ _rule(["SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_EPOCHS", "SOLVER.CLIP_GRAD", "SOLVE
        "SOLVER.MOMENTUM"], lambda v: v >= 0, "a number >= 0")
 _rule(["VIT.DROP_PATH_RATE", "MODEL.DROPOUT_RATE", "MODEL.LABEL_SMOOTHING"], lambda v: 0 <= v < 1, "a number in [0, 1)")
 _rule(["SOLVER.LAYER_DECAY"], lambda v: 0 < v <= 1, "a number in (0, 1]")
-_rule(["SOLVER.OPTIMIZING_METHOD"], lambda v: v in ("adamw", "sgd"), "one of adamw, sgd")
-_rule(["SOLVER.LR_POLICY"], lambda v: v in ("cosine", "constant"), "one of cosine, constant")
-_rule(["DATA.DECODING_BACKEND"], lambda v: v in ("pyav", "decord", "torchcodec"), "one of pyav, decord, torchcodec")
+_choice(["SOLVER.OPTIMIZING_METHOD"], OPTIMIZERS)
+_choice(["SOLVER.LR_POLICY"], LR_POLICIES)
+_choice(["DATA.DECODING_BACKEND"], BACKENDS)
+_choice(["TRAIN.DATASET", "TEST.DATASET"], DATASETS)
 _rule(["DATA.TARGET_FPS"], lambda v: v >= 0, "a number >= 0 (0 = the video's own frames)")
 _rule(["DATA.MAX_RETRIES"], lambda v: v >= 0, "an integer >= 0")
 _rule(["DATA.MAX_FAILED_FRACTION"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _rule(["AUG.RAND_AUG"], lambda v: _is_rand_aug(v),
       "'' (off) or a RandAugment setting such as rand-m9-n2-mstd0.5 (tokens m<0-10>, n<ops>, mstd<std>, p<prob>)")
-_rule(["TRAIN.AMP_DTYPE"], lambda v: v in ("bfloat16", "float16"), "one of bfloat16, float16")
+_choice(["TRAIN.AMP_DTYPE"], AMP_DTYPES)
 _rule(["SOLVER.BETAS"], lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
 _rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
       "[min, max] with 0 < min <= max <= 1")
 _rule(["DATA.TRAIN_JITTER_ASPECT_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[min, max] with 0 < min <= max")
 _rule(["DATA.STD"], lambda v: all(s > 0 for s in v), "positive numbers")
 _rule(["MASK.RATIO"], lambda v: 0 < v < 1, "a number in (0, 1)")
-_rule(["MASK.TYPE"], lambda v: v in ("random", "tube", "center"), "one of random, tube, center")
+_choice(["MASK.TYPE"], MASK_KINDS)
 _rule(["DIFFUSION.STEPS", "DIFFMAE.DECODER_DEPTH", "DIFFMAE.DECODER_EMBED_DIM", "DIFFMAE.DECODER_NUM_HEADS"],
       lambda v: v >= 1, "an integer >= 1")
 _rule(["DIFFUSION.RHO"], lambda v: v > 0, "a number > 0")
 _rule(["DIFFUSION.BETA_START", "DIFFUSION.BETA_END"], lambda v: 0 < v < 1, "a number in (0, 1)")
-_rule(["DIFFUSION.SCHEDULE"], lambda v: v in ("linear", "cosine"), "one of linear, cosine")
-_rule(["DIFFMAE.DECODER_TYPE"], lambda v: v in ("joint", "cross", "cross_self"), "one of joint, cross, cross_self")
+_choice(["DIFFUSION.SCHEDULE"], SCHEDULES)
+_choice(["DIFFMAE.DECODER_TYPE"], DECODERS)
 _rule(["DIFFMAE.TARGET_SLICE"], lambda v: v >= 0, "an integer >= 0")
 _rule(["DIFFMAE.CLIP_LOSS_WEIGHT"], lambda v: v >= 0, "a number >= 0")
-_rule(["DIFFMAE.CLIP_ACT"], lambda v: v in ("gelu", "quick_gelu"), "one of gelu, quick_gelu")
-_rule(["VIT.POS_EMBED"], lambda v: v in ("sincos", "learned"), "one of sincos, learned")
+_choice(["DIFFMAE.CLIP_ACT"], CLIP_ACTS)
+_choice(["VIT.POS_EMBED"], POS_EMBED_TYPES)
 _rule(["VIT.NORM_EPS"], lambda v: v > 0, "a number > 0")
 _rule(["MIXUP.ALPHA", "MIXUP.CUTMIX_ALPHA"], lambda v: v >= 0, "a number >= 0")
 _rule(["MIXUP.PROB", "MIXUP.SWITCH_PROB"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
@@ -65,8 +86,6 @@ _rule(["MODEL_EMA.DECAY"], lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
 def _is_rand_aug(value: str) -> bool:
-    from videodiff.data.randaug import parse_rand_aug  # the one grammar of AUG.RAND_AUG
-
     parse_rand_aug(value)
     return True
 
@@ -95,17 +114,12 @@ def _cross_key_rules(cfg: CfgNode):
             yield key, f"has {len(_get(cfg, key))} values but VIT.IN_CHANNELS = {cfg.VIT.IN_CHANNELS}"
     if cfg.SOLVER.WARMUP_EPOCHS > cfg.SOLVER.MAX_EPOCH:
         yield "SOLVER.WARMUP_EPOCHS", f"= {cfg.SOLVER.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCH = {cfg.SOLVER.MAX_EPOCH}"
-    if cfg.DIFFUSION.BETA_START > cfg.DIFFUSION.BETA_END:
-        yield "DIFFUSION.BETA_START", f"= {cfg.DIFFUSION.BETA_START} exceeds DIFFUSION.BETA_END = {cfg.DIFFUSION.BETA_END}"
-    if cfg.DIFFMAE.TARGET_SLICE >= tp:
-        yield "DIFFMAE.TARGET_SLICE", (f"= {cfg.DIFFMAE.TARGET_SLICE} is not a frame of a token: expected 0 .. "
-                                       f"VIT.TEMPORAL_PATCH_SIZE - 1 = {tp - 1}")
-    dec, heads = cfg.DIFFMAE.DECODER_EMBED_DIM, cfg.DIFFMAE.DECODER_NUM_HEADS
-    if dec % heads:
-        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by DIFFMAE.DECODER_NUM_HEADS = {heads}"
-    if dec % 8:
-        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by 8 (3-D sin-cos position embedding)"
     yield from _downstream_rules(cfg)
+    name = cfg.MODEL.MODEL_NAME
+    if name not in MODELS:
+        yield "MODEL.MODEL_NAME", f"= {name!r} is not a registered model; choose one of {', '.join(sorted(MODELS))}"
+    else:
+        yield from MODELS[name].check_cfg(cfg)
 
 
 def _downstream_rules(cfg: CfgNode):
@@ -116,9 +130,6 @@ def _downstream_rules(cfg: CfgNode):
         yield "DATA.TEST_CROP_SIZE", (f"= {cfg.DATA.TEST_CROP_SIZE} differs from DATA.TRAIN_CROP_SIZE = "
                                       f"{cfg.DATA.TRAIN_CROP_SIZE}; learned position embeddings (VIT.POS_EMBED "
                                       f"learned) cover one token grid")
-    if cfg.MODEL.MODEL_NAME in ("DiffMAE", "MAE") and (cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN):
-        yield "VIT.POS_EMBED", (f"/ VIT.CLS_TOKEN are for downstream models; {cfg.MODEL.MODEL_NAME} pretrains "
-                                f"with sin-cos positions and no class token")
 
 
 def validate_config(cfg: CfgNode, sources: Dict[str, str]) -> None:
@@ -134,6 +145,7 @@ def validate_config(cfg: CfgNode, sources: Dict[str, str]) -> None:
         except (TypeError, ValueError):
             ok = False
         if not ok:
+            allowed = allowed() if callable(allowed) else allowed
             raise ConfigError(f"{key} (from {where(key)}) = {value!r} is not allowed: expected {allowed}")
     for key, message in _cross_key_rules(cfg):
         raise ConfigError(f"{key} (from {where(key)}) {message}")

@@ -7,21 +7,20 @@ the settings our backends use (one decoding thread) and leaves the frames in the
 import multiprocessing
 from typing import Callable, Dict, List, Tuple
 
+import av
+import decord
+
 from videodiff.data.worker_memory import keep_freed_memory
 
 Job = Tuple[str, str, List[int]]  # (backend, path, frame indices)
 
 
 def _decode_decord(path: str, indices: List[int]):
-    import decord
-
     return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1).get_batch(indices)
 
 
 def _decode_pyav(path: str, indices: List[int]):
     """PyAV has no frame-index API: the plain loop decodes from the start to the last wanted frame."""
-    import av
-
     wanted, last, found = set(indices), max(indices), {}
     with av.open(path) as container:
         for i, frame in enumerate(container.decode(video=0)):
@@ -33,7 +32,7 @@ def _decode_pyav(path: str, indices: List[int]):
 
 
 def _decode_torchcodec(path: str, indices: List[int]):
-    from torchcodec.decoders import VideoDecoder
+    from torchcodec.decoders import VideoDecoder  # lazily: optional, and needs the system FFmpeg (INSTALL.md)
 
     decoder = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
     return decoder.get_frames_at(indices).data

@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 import torch
 
-from videodiff.data.decoding import BackendUnavailable, Video
+from videodiff.data.decoding import BackendUnavailable, Video, open_video
 from videodiff.data.media_errors import VideoDecodeError, reason_of
 
 _NO_FFMPEG = ("DATA.DECODING_BACKEND = torchcodec needs the FFmpeg shared libraries (libavutil, libavcodec, "
@@ -19,7 +19,7 @@ _NO_FFMPEG = ("DATA.DECODING_BACKEND = torchcodec needs the FFmpeg shared librar
 
 
 def check_available() -> None:
-    try:
+    try:  # lazily, here and below: torchcodec is optional, and imports even where FFmpeg is missing
         import torchcodec
     except ImportError as e:
         raise BackendUnavailable(f"DATA.DECODING_BACKEND = torchcodec needs the torchcodec package ({e}): "
@@ -36,7 +36,7 @@ def open_video(path: str, source) -> "TorchCodecVideo":
 
 class TorchCodecVideo(Video):
     def __init__(self, path: str, source):
-        from torchcodec.decoders import VideoDecoder
+        from torchcodec.decoders import VideoDecoder  # lazily: see check_available
 
         super().__init__(path)
         try:
@@ -46,8 +46,6 @@ class TorchCodecVideo(Video):
             raise VideoDecodeError(path, reason_of(e)) from None
 
     def timestamps(self) -> np.ndarray:
-        from videodiff.data.decoding import open_video
-
         with open_video(self.path, "pyav") as video:
             return video.timestamps()
 

@@ -100,10 +100,11 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_iter: int = 0) -> Non
     ``start_iter`` > 0 resumes mid-epoch: the first ``start_iter`` batches of this epoch's order are
     skipped without being loaded, so the resumed epoch neither repeats nor skips samples.
     """
-    for obj in (loader.sampler, loader.dataset):
+    sampler = getattr(loader, "sampler", None)  # any iterable of batches trains; a DataLoader's parts get the epoch
+    for obj in (sampler, getattr(loader, "dataset", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
     if start_iter:
-        if not hasattr(loader.sampler, "set_start_index"):
-            raise ValueError(f"{type(loader.sampler).__name__} cannot resume mid-epoch")
+        if not hasattr(sampler, "set_start_index"):
+            raise ValueError(f"{type(sampler).__name__} cannot resume mid-epoch")
         loader.sampler.set_start_index(start_iter * loader.batch_size)

@@ -15,6 +15,7 @@ import re
 from typing import Dict, Optional
 
 import torch
+from pytorchvideo.transforms.rand_augment import RandAugment  # importable: videodiff/__init__ applied compat.py
 
 _DEFAULTS = {"m": 10.0, "n": 2.0, "mstd": 0.0, "p": 0.5}
 _TOKEN = re.compile(r"^(mstd|m|n|p)(\d+(?:\.\d*)?)$")
@@ -50,8 +51,6 @@ class ClipRandAugment:
     """RandAugment with one set of choices per clip, drawn from the caller's ``torch.Generator``."""
 
     def __init__(self, spec: str):
-        from pytorchvideo.transforms.rand_augment import RandAugment
-
         params = parse_rand_aug(spec)
         if params is None:
             raise ValueError("ClipRandAugment needs a RandAugment setting such as 'rand-m9-n2-mstd0.5'")

@@ -49,8 +49,11 @@ class StatsWriter:
     def __init__(self, output_dir: str, is_main: bool, tensorboard: bool):
         self.enabled = is_main
         self.path = os.path.join(output_dir, "json_stats.log")
+        if is_main:
+            os.makedirs(output_dir, exist_ok=True)
         self.tb = None
         if is_main and tensorboard:
+            # Lazily: importing tensorboard takes about a second; runs with TENSORBOARD.ENABLE False skip it.
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))

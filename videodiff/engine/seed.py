@@ -1,4 +1,5 @@
 """Seeding: one function, so every process and epoch derives its randomness the same way."""
+import ast
 import random
 
 import numpy as np
@@ -25,8 +26,6 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Inverse of ``rng_state`` (a resumed mid-epoch run continues the same random stream)."""
-    import ast
-
     torch.set_rng_state(state["torch"])
     random.setstate(ast.literal_eval(state["python"]))
     if "numpy" in state:

@@ -132,17 +132,18 @@ class Trainer:
 
         Ranks agree (all-reduce), so either all of them step or none does, and DDP never waits on one.
         """
-        bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0], device=self.info.device)
+        value = float(loss.detach())
+        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=self.info.device)
         if float(all_reduce_mean(bad)) == 0.0:
             return True
         where = f"epoch {self.epoch + 1} iteration {self.iter + 1}"
         if self.skip_nonfinite_loss:
             self.skipped_steps += 1
-            logger.warning(f"non-finite loss ({float(loss)}) at {where}: step skipped "
+            logger.warning(f"non-finite loss ({value}) at {where}: step skipped "
                            f"({self.skipped_steps} so far)")
             return False
         raise FloatingPointError(
-            f"loss is {float(loss)} at {where}; no checkpoint was changed or deleted; last good checkpoint: "
+            f"loss is {value} at {where}; no checkpoint was changed or deleted; last good checkpoint: "
             f"{self.last_checkpoint or 'none yet'} (TRAIN.SKIP_NONFINITE_LOSS True skips such steps instead)")
 
     def run_epoch(self, start_iter: int = 0) -> None:

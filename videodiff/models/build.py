@@ -1,6 +1,6 @@
 """Config -> model. The only place that reads cfg for models; every model takes plain arguments."""
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Iterator, NamedTuple, Tuple
 
 from fvcore.common.config import CfgNode
 from torch import nn
@@ -11,14 +11,29 @@ from videodiff.models.diffmae import DiffMAE
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
 
-# name -> (model class, function mapping the config to its constructor arguments)
-MODELS: Dict[str, Tuple[type, Callable[[CfgNode], dict]]] = {}
+# A broken rule: (config key, what is wrong); config validation adds the key's source and stops.
+ConfigProblems = Iterator[Tuple[str, str]]
 
 
-def register_model(name: str, cls: type, args_from_cfg: Callable[[CfgNode], dict]) -> None:
+def no_rules(cfg: CfgNode) -> ConfigProblems:
+    return iter(())
+
+
+class ModelEntry(NamedTuple):
+    cls: type
+    args_from_cfg: Callable[[CfgNode], dict]        # the config -> the constructor's arguments
+    check_cfg: Callable[[CfgNode], ConfigProblems]  # rules only this model needs, run by config validation
+
+
+# MODEL.MODEL_NAME -> its entry. A new model is one class and one register_model line.
+MODELS: Dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, cls: type, args_from_cfg: Callable[[CfgNode], dict],
+                   check_cfg: Callable[[CfgNode], ConfigProblems] = no_rules) -> None:
     if name in MODELS:
         raise KeyError(f"model {name} is registered twice")
-    MODELS[name] = (cls, args_from_cfg)
+    MODELS[name] = ModelEntry(cls, args_from_cfg, check_cfg)
 
 
 def vit_args(cfg: CfgNode) -> dict:
@@ -60,6 +75,30 @@ def _masked_decoder_args(cfg: CfgNode) -> dict:
                 decoder_num_heads=d.DECODER_NUM_HEADS, mask_type=cfg.MASK.TYPE, mask_ratio=cfg.MASK.RATIO)
 
 
+def _masked_decoder_rules(cfg: CfgNode) -> ConfigProblems:
+    """DiffMAE and MAE pretrain with sin-cos positions, no class token, and a decoder that heads and 3-D sin-cos
+    positions divide."""
+    name = cfg.MODEL.MODEL_NAME
+    if cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN:
+        yield "VIT.POS_EMBED", (f"/ VIT.CLS_TOKEN are for downstream models; {name} pretrains with sin-cos "
+                                f"positions and no class token")
+    dec, heads = cfg.DIFFMAE.DECODER_EMBED_DIM, cfg.DIFFMAE.DECODER_NUM_HEADS
+    if dec % heads:
+        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by DIFFMAE.DECODER_NUM_HEADS = {heads}"
+    if dec % 8:
+        yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by 8 (3-D sin-cos position embedding)"
+
+
+def _diffmae_rules(cfg: CfgNode) -> ConfigProblems:
+    yield from _masked_decoder_rules(cfg)
+    if cfg.DIFFUSION.BETA_START > cfg.DIFFUSION.BETA_END:
+        yield "DIFFUSION.BETA_START", f"= {cfg.DIFFUSION.BETA_START} exceeds DIFFUSION.BETA_END = {cfg.DIFFUSION.BETA_END}"
+    tp = cfg.VIT.TEMPORAL_PATCH_SIZE
+    if cfg.DIFFMAE.TARGET_SLICE >= tp:
+        yield "DIFFMAE.TARGET_SLICE", (f"= {cfg.DIFFMAE.TARGET_SLICE} is not a frame of a token: expected 0 .. "
+                                       f"VIT.TEMPORAL_PATCH_SIZE - 1 = {tp - 1}")
+
+
 def _diffmae_args(cfg: CfgNode) -> dict:
     f = cfg.DIFFUSION
     return dict(_masked_decoder_args(cfg), decoder_type=cfg.DIFFMAE.DECODER_TYPE,
@@ -85,8 +124,8 @@ def _mae_args(cfg: CfgNode) -> dict:
     return dict(_masked_decoder_args(cfg), norm_pix_loss=cfg.MAE.NORM_PIX_LOSS)
 
 
-register_model("DiffMAE", DiffMAE, _diffmae_args)
-register_model("MAE", MAE, _mae_args)
+register_model("DiffMAE", DiffMAE, _diffmae_args, _diffmae_rules)
+register_model("MAE", MAE, _mae_args, _masked_decoder_rules)
 
 
 def build_model(cfg: CfgNode) -> nn.Module:
@@ -94,5 +133,5 @@ def build_model(cfg: CfgNode) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"MODEL.MODEL_NAME = {name!r} is not a registered model; choose one of "
                          f"{', '.join(sorted(MODELS))}")
-    cls, args_from_cfg = MODELS[name]
-    return cls(**args_from_cfg(cfg))
+    entry = MODELS[name]
+    return entry.cls(**entry.args_from_cfg(cfg))

@@ -193,12 +193,11 @@ class CrossSelfDecoder(CrossDecoder):
 
 
 DECODERS = {"joint": JointDecoder, "cross": CrossDecoder, "cross_self": CrossSelfDecoder}
-DECODER_TYPES = tuple(DECODERS)
 
 
 def build_decoder(decoder_type: str, **kwargs) -> DiffMAEDecoder:
     """The ``decoder_type`` variant with ``DiffMAEDecoder``'s arguments; raises naming an unknown type."""
     if decoder_type not in DECODERS:
-        raise ValueError(f"unknown decoder type {decoder_type!r}; expected one of {', '.join(DECODER_TYPES)}")
+        raise ValueError(f"unknown decoder type {decoder_type!r}; expected one of {', '.join(DECODERS)}")
     return DECODERS[decoder_type](**kwargs)
 
