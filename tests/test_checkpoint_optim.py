@@ -101,3 +101,67 @@ def test_rng_state_survives_a_weights_only_checkpoint_round_trip(tmp_path):
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
+
+
+def _mae_lars_reference(params, grads_per_step, lr, momentum=0.9, trust=0.001):
+    """MAE's LARS update rule written out by hand, weight decay 0 (its linear-probing setting)."""
+    params = [p.detach().clone() for p in params]
+    mu = [torch.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if p.ndim > 1:  # weight matrix: trust-ratio adaptation
+                g = g * (trust * p.norm() / g.norm())
+            mu[i] = momentum * mu[i] + g  # bias: plain momentum SGD
+            params[i] = p - lr * mu[i]
+    return params
+
+
+def test_lars_two_steps_match_mae_update_rule():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3).double()
+    # lr = BASE_LR x 512 / 256 = 2.0 (a trust ratio of 1e-3 keeps the weight step small; the bias step is large)
+    cfg = load_config(None, ["SOLVER.OPTIMIZING_METHOD", "lars", "SOLVER.BASE_LR", "1.0", "TRAIN.BATCH_SIZE", "512",
+                             "SOLVER.MOMENTUM", "0.9", "SOLVER.WEIGHT_DECAY", "0.0"])
+    opt = build_optimizer(model, cfg)
+    start = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    grads = []
+    for _ in range(2):  # the second step exercises the momentum buffer
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+
+    expected = _mae_lars_reference(start, grads, lr=2.0)
+    for got, want, before in zip(model.parameters(), expected, start):
+        assert torch.allclose(got.detach(), want, rtol=1e-12, atol=1e-15)
+        assert not torch.equal(got.detach(), before)
+    # The trust ratio bounds the weight's travel by lr x 1e-3 x ||w|| x (1 + 1.9) over the two steps.
+    assert (model.weight.detach() - start[0]).norm() / start[0].norm() < 2.0 * 1e-3 * 2.9 * 1.01
+
+
+def test_lars_is_selected_from_config_and_adapts_only_matrices():
+    from timm.optim import Lars
+
+    cfg = load_config(None, ["SOLVER.OPTIMIZING_METHOD", "lars", "SOLVER.WEIGHT_DECAY", "0.05",
+                             "SOLVER.LARS_TRUST_COEFF", "0.002"])
+    model = VitClassifier(num_classes=3, **TINY)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, Lars)
+    seen = 0
+    for group in opt.param_groups:
+        assert group["trust_coeff"] == 0.002 and group["momentum"] == 0.9
+        assert group["nesterov"] is False and group["dampening"] == 0 and group["eps"] == 0
+        for p in group["params"]:
+            seen += 1
+            # MAE's rule: adaptation and weight decay for ndim > 1 only (pos_embed included), plain SGD otherwise.
+            assert group["always_adapt"] == (p.ndim > 1)
+            assert group["weight_decay"] == (0.05 if p.ndim > 1 else 0.0)
+    assert seen == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_linprobe_config_uses_mae_lars_recipe():
+    cfg = load_config("configs/ImageNet/diffmae_vitb_linprobe.yaml")
+    assert cfg.SOLVER.OPTIMIZING_METHOD == "lars" and cfg.SOLVER.LARS_TRUST_COEFF == 0.001
+    assert scaled_lr(cfg) == pytest.approx(6.4)  # MAE: blr 0.1 x 16384 / 256
+    assert scaled_lr(cfg) * cfg.SOLVER.LARS_TRUST_COEFF == pytest.approx(6.4e-3)  # l-DAE's "6.4 x 10^-3"

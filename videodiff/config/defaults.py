@@ -104,6 +104,9 @@ _C.SOLVER.MAX_EPOCH = 100
 _C.SOLVER.WEIGHT_DECAY = 0.05
 _C.SOLVER.BETAS = [0.9, 0.95]
 _C.SOLVER.MOMENTUM = 0.9
+# LARS only (OPTIMIZING_METHOD lars): a weight matrix steps lr x LARS_TRUST_COEFF x ||w|| / ||g|| along g;
+# 0.001 as in MAE's LARS (facebookresearch/mae util/lars.py).
+_C.SOLVER.LARS_TRUST_COEFF = 0.001
 # Max gradient norm; 0 disables clipping.
 _C.SOLVER.CLIP_GRAD = 0.0
 # Layer-wise lr decay (1.0 = off).

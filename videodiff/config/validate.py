@@ -46,7 +46,7 @@ _rule(["TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.SAMPLING_
        "VIT.TEMPORAL_PATCH_SIZE", "VIT.EMBED_DIM", "VIT.DEPTH", "VIT.NUM_HEADS", "VIT.IN_CHANNELS",
        "MODEL.NUM_CLASSES"], lambda v: v >= 1, "an integer >= 1")
 _rule(["DATA_LOADER.NUM_WORKERS", "TRAIN.EVAL_PERIOD", "RNG_SEED", "TRAIN.CHECKPOINT_ITER_PERIOD"], lambda v: v >= 0, "an integer >= 0")
-_rule(["SOLVER.BASE_LR", "VIT.MLP_RATIO"], lambda v: v > 0, "a number > 0")
+_rule(["SOLVER.BASE_LR", "VIT.MLP_RATIO", "SOLVER.LARS_TRUST_COEFF"], lambda v: v > 0, "a number > 0")
 _rule(["SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_EPOCHS", "SOLVER.CLIP_GRAD", "SOLVER.COSINE_END_LR",
        "SOLVER.MOMENTUM"], lambda v: v >= 0, "a number >= 0")
 _rule(["VIT.DROP_PATH_RATE", "MODEL.DROPOUT_RATE", "MODEL.LABEL_SMOOTHING"], lambda v: 0 <= v < 1, "a number in [0, 1)")

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
 
-from videodiff.data.decoding import Video, open_video
+from videodiff.data import decoding
+from videodiff.data.decoding import Video
 from videodiff.data.media_errors import VideoDecodeError, reason_of
 
 # decord raises DECORDError (a RuntimeError) for most failures, plain RuntimeError / IndexError for some.
@@ -52,5 +53,5 @@ class DecordVideo(Video):
             raise VideoDecodeError(self.path, reason_of(e)) from None
 
     def _decode_with_pyav(self, indices: List[int]) -> torch.Tensor:
-        with open_video(self.path, "pyav") as video:
+        with decoding.open_video(self.path, "pyav") as video:  # not this module's open_video(path, source)
             return video.decode(indices)

@@ -9,7 +9,8 @@ from typing import List
 import numpy as np
 import torch
 
-from videodiff.data.decoding import BackendUnavailable, Video, open_video
+from videodiff.data import decoding
+from videodiff.data.decoding import BackendUnavailable, Video
 from videodiff.data.media_errors import VideoDecodeError, reason_of
 
 _NO_FFMPEG = ("DATA.DECODING_BACKEND = torchcodec needs the FFmpeg shared libraries (libavutil, libavcodec, "
@@ -46,7 +47,7 @@ class TorchCodecVideo(Video):
             raise VideoDecodeError(path, reason_of(e)) from None
 
     def timestamps(self) -> np.ndarray:
-        with open_video(self.path, "pyav") as video:
+        with decoding.open_video(self.path, "pyav") as video:  # not this module's open_video(path, source)
             return video.timestamps()
 
     def _decode(self, indices: List[int]) -> torch.Tensor:

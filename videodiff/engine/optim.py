@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 from fvcore.common.config import CfgNode
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+from timm.optim import Lars, param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 
@@ -44,8 +44,6 @@ def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
     if method == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=True)
     if method == "lars":
-        from timm.optim import Lars
-
         lars_groups = []
         for group in groups:
             rest = {k: v for k, v in group.items() if k not in ("params", "weight_decay")}  # keeps lr_scale
