@@ -4,9 +4,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
+RUNNER = os.path.join(ROOT, "tests", "fault_runner.py")  # run_net plus test-only models
+CFG = "configs/demo/vit_tiny_supervised.yaml"
 
 # A model and clip small enough that an epoch takes about a second on one CPU core.
 TINY_OPTS = [
@@ -48,3 +51,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start(args, env=None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, RUNNER, "--cfg", CFG, *args], cwd=ROOT, env=env or env_for_subprocess(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for(predicate, proc=None, timeout=120.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}: {proc.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_steps(out) -> int:
+    path = os.path.join(out, "json_stats.log")
+    return len(train_steps(out)) if os.path.exists(path) else 0
+
+
+def train_steps(out):
+    """The per-step training lines of json_stats.log (other lines: validation, epoch summaries)."""
+    return [s for s in read_stats(out) if s.get("split") == "train" and "iter" in s]

@@ -138,3 +138,19 @@ def test_model_rules_run_only_for_their_model():
     with pytest.raises(ConfigError, match=r"VIT\.POS_EMBED .* MAE pretrains with sin-cos positions"):
         load_config(None, ["MODEL.MODEL_NAME", "MAE", "VIT.CLS_TOKEN", "True"])
     assert load_config(None, ["MODEL.MODEL_NAME", "VitClassifier", "VIT.CLS_TOKEN", "True"])
+
+
+def test_a_section_given_twice_is_refused_naming_file_line_and_key(tmp_path):
+    path = write(tmp_path / "c.yaml", "SOLVER:\n  BASE_LR: 0.1\nVIT:\n  DEPTH: 2\nSOLVER:\n  MAX_EPOCH: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 5: SOLVER is given twice in the same section"):
+        load_config(path)
+    nested = write(tmp_path / "n.yaml", "SOLVER:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n")
+    with pytest.raises(ConfigError, match=r"n\.yaml, line 3: BASE_LR is given twice"):
+        load_config(nested)
+
+
+def test_a_config_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("SOLVER:\n  BASE_LR: 0.1\n# r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml, line 3: not UTF-8 text"):
+        load_config(str(path))

@@ -75,3 +75,13 @@ def test_extension_recipe_config_is_valid():
     assert cfg.SOLVER.MAX_EPOCH == 30 and cfg.AUG.NUM_SAMPLE == 1
     with pytest.raises(Exception, match="280 is not divisible by VIT.PATCH_SIZE = 16"):
         load_config(os.path.join(ROOT, "configs/K400/diffmae_vitl14_ft_32x280.yaml"), ["VIT.PATCH_SIZE", "16"])
+
+
+@pytest.mark.parametrize("flag, value", [("--num-frames", "0"), ("--crop", "0"), ("--crop", "-224")])
+def test_non_positive_sizes_are_refused_before_anything_is_written(flag, value, tmp_path, capsys):
+    out = tmp_path / "x.pyth"
+    args = {"--num-frames": "32", "--crop": "280", flag: value}
+    with pytest.raises(SystemExit) as info:
+        _tool().main([*[a for pair in args.items() for a in pair], str(tmp_path / "src.pyth"), str(out)])
+    assert info.value.code == 2 and not out.exists()
+    assert f"argument {flag}: must be an integer >= 1" in capsys.readouterr().err

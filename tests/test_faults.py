@@ -7,18 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from cli_helpers import ROOT, TINY_OPTS, env_for_subprocess, free_port, read_stats, run_net
+from cli_helpers import (CFG, ROOT, RUNNER, TINY_OPTS, env_for_subprocess, free_port, logged_steps, run_net, start,
+                         train_steps, wait_for)
 
 from videodiff.data.demo import make_demo_dataset
 from videodiff.engine import checkpoint as ckpt
 
-CFG = "configs/demo/vit_tiny_supervised.yaml"
-RUNNER = os.path.join(ROOT, "tests", "fault_runner.py")
 
 
 @pytest.fixture(scope="module")
@@ -31,32 +29,6 @@ def data_dir(tmp_path_factory):
 def opts(data_dir, out, epochs, *extra):
     return [*TINY_OPTS, "DATA.PATH_TO_DATA_DIR", data_dir, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", str(epochs),
             "TEST.ENABLE", "False", *map(str, extra)]
-
-
-def start(args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, RUNNER, "--cfg", CFG, *args], cwd=ROOT, env=env or env_for_subprocess(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc=None, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended before {what}: {proc.communicate()}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def logged_steps(out) -> int:
-    path = os.path.join(out, "json_stats.log")
-    return len(train_steps(out)) if os.path.exists(path) else 0
-
-
-def train_steps(out):
-    """The per-step training lines of json_stats.log (other lines: validation, epoch summaries)."""
-    return [s for s in read_stats(out) if s.get("split") == "train" and "iter" in s]
 
 
 def final_params(out, epoch):

@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,3 +80,27 @@ def test_resumed_trainer_ends_where_an_uninterrupted_one_does(tmp_path):
     resumed.train()
     assert len(recorder.losses) == 8 and evals == [3, 4]
     torch.testing.assert_close(resumed.model.fc.weight, full.model.fc.weight)
+
+
+class NanGradient(nn.Module):
+    """A finite loss (0) whose gradient is NaN: d sqrt(u)/du at u = 0 is inf, times du/dw = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, clip, label):
+        return {"loss": torch.sqrt(self.w.sum() - self.w.sum())}
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_caught(tmp_path):
+    model = NanGradient()
+    trainer = Trainer(model, batches(n=2), torch.optim.SGD(model.parameters(), lr=0.1), max_epoch=1,
+                      output_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match="gradient norm is nan at epoch 1 iteration 1; no checkpoint"):
+        trainer.train()
+    skipping = Trainer(model, batches(n=5), torch.optim.SGD(model.parameters(), lr=0.1), max_epoch=1,
+                       output_dir=str(tmp_path), skip_nonfinite_loss=True, max_consecutive_skips=3)
+    with pytest.raises(FloatingPointError, match="iteration 4, and the 3 steps before it were skipped too"):
+        skipping.train()
+    assert skipping.skipped_steps == 4 and torch.equal(model.w.detach(), torch.ones(3))  # nothing was applied

@@ -90,6 +90,6 @@ def test_build_model_maps_config_to_arguments():
 
 
 def test_unknown_model_name_lists_registered_models():
-    cfg = load_config(None, ["MODEL.MODEL_NAME", "Nope"])
-    with pytest.raises(ValueError, match=r"MODEL\.MODEL_NAME = 'Nope' .* VitClassifier"):
-        build_model(cfg)
+    # Refused when the config is loaded (before any work), from the registry build_model reads.
+    with pytest.raises(ValueError, match=r"MODEL\.MODEL_NAME .*= 'Nope' .* VitClassifier"):
+        build_model(load_config(None, ["MODEL.MODEL_NAME", "Nope"]))

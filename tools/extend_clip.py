@@ -69,12 +69,20 @@ def extended_cfg(cfg_yaml: str, num_frames: int, crop: int) -> str:
     return cfg.dump()
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a videodiff checkpoint (training checkpoint or converted)")
     parser.add_argument("output", help="where to write the extended checkpoint")
-    parser.add_argument("--num-frames", type=int, required=True, help="frames per clip of the new model (e.g. 32)")
-    parser.add_argument("--crop", type=int, required=True, help="crop size of the new model (e.g. 280)")
+    parser.add_argument("--num-frames", type=positive_int, required=True,
+                        help="frames per clip of the new model (e.g. 32)")
+    parser.add_argument("--crop", type=positive_int, required=True, help="crop size of the new model (e.g. 280)")
     return parser.parse_args(argv)
 
 

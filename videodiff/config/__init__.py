@@ -44,11 +44,21 @@ def _merge_yaml_file(cfg: CfgNode, path: str, sources: Dict[str, str], chain: Li
         raise ConfigError(f"config file not found: {path}{where}")
     if os.path.abspath(path) in chain:
         raise ConfigError(f"{path}: {BASE_KEY} chain loops back to itself: {' -> '.join(chain + [path])}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file "
+                          f"as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}, line {e.line}: {e.key} is given twice in the same section (YAML would keep "
+                          f"only the last one silently); merge the two") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     base = data.pop(BASE_KEY, None)
@@ -57,6 +67,26 @@ def _merge_yaml_file(cfg: CfgNode, path: str, sources: Dict[str, str], chain: Li
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
         _merge_yaml_file(cfg, base_path, sources, chain + [os.path.abspath(path)])
     _merge_dict(cfg, data, prefix="", source=path, sources=sources)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping (``SOLVER:`` ... ``SOLVER:``) is an error
+    instead of the first one being silently dropped."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _merge_dict(node: CfgNode, data: dict, prefix: str, source: str, sources: Dict[str, str]) -> None:

@@ -19,8 +19,10 @@ _C.TRAIN.CHECKPOINT_PERIOD = 1
 # Also save a mid-epoch checkpoint every this many iterations (0 = off); resuming skips exactly the
 # samples already seen in that epoch.
 _C.TRAIN.CHECKPOINT_ITER_PERIOD = 0
-# On a NaN / Inf loss: False stops with the iteration and the last good checkpoint; True skips the step.
+# On a NaN / Inf loss or gradient: False stops with the iteration and the last good checkpoint; True skips the step.
 _C.TRAIN.SKIP_NONFINITE_LOSS = False
+# With SKIP_NONFINITE_LOSS: stop anyway once this many steps in a row were skipped (the weights are then broken).
+_C.TRAIN.SKIP_NONFINITE_LIMIT = 10
 # Load checkpoints with torch.load(weights_only=True). Set False only for trusted legacy files that
 # pickle Python objects: unpickling runs arbitrary code.
 _C.TRAIN.CHECKPOINT_WEIGHTS_ONLY = True

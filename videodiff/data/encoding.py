@@ -12,8 +12,10 @@ import numpy as np
 from PIL import Image
 
 # Fixed x264 settings. One thread because x264's multithreaded output can depend on scheduling;
-# crf 18 keeps a 64x64 digit visually lossless at a few kB per clip.
-_X264_OPTIONS = {"crf": "18", "preset": "medium", "threads": "1"}
+# crf 18 keeps a 64x64 digit visually lossless at a few kB per clip. cpu-independent: x264's SIMD lookahead
+# (mb-tree) sums floats in an order that depends on where its buffers happen to lie, so without it the same
+# frames encoded twice in one process gave different files (seen: 1 clip in 6 after unrelated allocations).
+_X264_OPTIONS = {"crf": "18", "preset": "medium", "threads": "1", "x264-params": "cpu-independent=1"}
 
 
 def _as_uint8_numpy(frames) -> np.ndarray:

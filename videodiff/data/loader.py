@@ -6,6 +6,7 @@ Call ``set_loader_epoch(loader, epoch)`` before iterating each epoch: it reshuff
 moves the datasets' per-item random draws to the new epoch.
 """
 import random
+import signal
 from typing import List
 
 import numpy as np
@@ -46,10 +47,18 @@ def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
     return torch.cat(tensors, out=first.new(storage).view(rows, *first.shape[1:]))
 
 
+# Schedulers (Slurm, Kubernetes, ``timeout``) signal the whole process group. The main process checkpoints on these
+# (``engine/preemption.py``) and then ends its workers itself; a worker killed by the same signal first would make the
+# main process die with "DataLoader worker killed by signal" before it could save.
+SCHEDULER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def seed_worker(worker_id: int) -> None:
-    """Worker set-up: seed numpy and ``random`` from torch's per-worker seed (for third-party transforms;
-    our datasets draw from per-item generators and do not need this), and let malloc reuse the large
-    per-item buffers (``worker_memory.py``)."""
+    """Worker set-up: ignore the scheduler signals (above); seed numpy and ``random`` from torch's per-worker seed
+    (for third-party transforms; our datasets draw from per-item generators and do not need this); let malloc
+    reuse the large per-item buffers (``worker_memory.py``)."""
+    for sig in SCHEDULER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -10,7 +10,7 @@ from timm.data import Mixup
 
 from videodiff.data import build_loader
 from videodiff.engine import checkpoint as ckpt
-from videodiff.engine.distributed import DistInfo
+from videodiff.engine.distributed import DistInfo, on_main_rank
 from videodiff.engine.ema_hook import EmaHook
 from videodiff.engine.evaluate import evaluate, has_split
 from videodiff.engine.hooks import CheckpointHook, EvalHook, Hook, LoggingHook, LRScheduleHook
@@ -74,9 +74,10 @@ def validation_hooks(cfg: CfgNode, trainer: Trainer, ema: Optional[EmaHook]) -> 
 def restore(trainer: Trainer, cfg: CfgNode) -> None:
     """Auto-resume from the newest checkpoint, else initialise weights from TRAIN.CHECKPOINT_FILE_PATH."""
     weights_only = cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY
-    latest = ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
-    if latest:
-        trainer.resume(latest, weights_only)
+    newest = ckpt.load_newest(cfg.OUTPUT_DIR, weights_only) if cfg.TRAIN.AUTO_RESUME else None
+    if newest:
+        path, state = newest
+        trainer.resume(path, weights_only, state=state)
     elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
         path = cfg.TRAIN.CHECKPOINT_FILE_PATH
         # Not strict: a pretraining checkpoint's decoder is dropped, its positions resized (models/pretrained.py).
@@ -85,13 +86,15 @@ def restore(trainer: Trainer, cfg: CfgNode) -> None:
 
 def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:
     """Model, loaders, optimizer and hooks for ``cfg``, restored from the newest checkpoint if any."""
+    # Before any work: a run that cannot save must not start.
+    on_main_rank(lambda: ckpt.prepare_checkpoint_dir(cfg.OUTPUT_DIR), (ckpt.CheckpointError,))
     seed_everything(cfg.RNG_SEED, 0, 0)  # identical initial weights on every rank
     model = build_model(cfg).to(info.device)
     loader = build_loader(cfg, "train", info.rank, info.world_size)
     trainer = Trainer(model, loader, build_optimizer(model, cfg), max_epoch=cfg.SOLVER.MAX_EPOCH, info=info,
                       output_dir=cfg.OUTPUT_DIR, config_text=cfg.dump(), precision=precision_from_cfg(cfg),
                       clip_grad=cfg.SOLVER.CLIP_GRAD, skip_nonfinite_loss=cfg.TRAIN.SKIP_NONFINITE_LOSS,
-                      seed=cfg.RNG_SEED, stats=StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE))
+                      max_consecutive_skips=cfg.TRAIN.SKIP_NONFINITE_LIMIT, seed=cfg.RNG_SEED, stats=StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE))
     trainer.register_hooks(build_hooks(cfg, trainer))
     restore(trainer, cfg)
     trainer.wrap_distributed()

@@ -6,10 +6,12 @@ below degrades to the single-process answer.
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,25 @@ def all_gather_objects(obj: Any) -> List[Any]:
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def on_main_rank(fn: Callable[[], T], errors: Tuple[type, ...] = (Exception,)) -> Optional[T]:
+    """``fn()`` on the main rank only (returns None elsewhere); every rank waits for it. When it raises one of
+    ``errors``, every rank raises that error with the main rank's message, so no rank waits forever for a peer
+    that stopped (a full disk on rank 0 stops the whole job with one line)."""
+    result, error = None, None
+    if not is_dist() or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except errors as e:
+            if not is_dist():
+                raise
+            error = (type(e), str(e))
+    raised = [e for e in all_gather_objects(error) if e]
+    if raised:
+        error_type, message = raised[0]
+        raise error_type(message)
+    return result
 
 
 def cleanup(wait_for_all: bool = False) -> None:

@@ -5,7 +5,7 @@ every rank, so a view is counted once even if a sampler repeats it; a video's sc
 over its views.
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -140,8 +140,16 @@ def evaluate(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, split: str,
     return result
 
 
-def run_test(cfg: CfgNode, info: DistInfo) -> dict:
-    """Multi-view test of TEST.CHECKPOINT_FILE_PATH (or the run's newest checkpoint) on the test split."""
+class TestJob(NamedTuple):
+    model: nn.Module  # with the checkpoint's weights, on the device
+    checkpoint: str
+    loader: object
+
+
+def prepare_test(cfg: CfgNode, info: DistInfo) -> TestJob:
+    """The model with TEST.CHECKPOINT_FILE_PATH's (or the run's newest checkpoint's) weights and the test loader.
+
+    Weights that are not finite are refused naming the file: a test of a broken model reports nothing true."""
     path = cfg.TEST.CHECKPOINT_FILE_PATH or ckpt.find_latest_checkpoint(cfg.OUTPUT_DIR)
     if not path:
         raise ckpt.CheckpointError(f"TEST.ENABLE needs a checkpoint: TEST.CHECKPOINT_FILE_PATH is empty and "
@@ -150,8 +158,17 @@ def run_test(cfg: CfgNode, info: DistInfo) -> dict:
     state = ckpt.load_state(path, cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)
     # With MODEL_EMA on, the test evaluates the averaged weights the run kept (engine/ema_hook.py).
     weights = ema_weights(state, path) if cfg.MODEL_EMA.ENABLE else state["model"]
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ckpt.CheckpointError(f"checkpoint {path} has non-finite weights ({len(broken)} tensors, e.g. "
+                                   f"{broken[0]}); not tested")
     ckpt.load_model_state(model, weights, path)
-    loader = build_loader(cfg, "test", info.rank, info.world_size)
+    return TestJob(model, path, build_loader(cfg, "test", info.rank, info.world_size))
+
+
+def run_test(cfg: CfgNode, info: DistInfo, job: Optional[TestJob] = None) -> dict:
+    """Multi-view test on the test split (of ``job``, else of ``prepare_test(cfg, info)``)."""
+    model, path, loader = job or prepare_test(cfg, info)
     views = cfg.TEST.NUM_ENSEMBLE_VIEWS * cfg.TEST.NUM_SPATIAL_CROPS
     save = cfg.TEST.SAVE_RESULTS_PATH and os.path.join(cfg.OUTPUT_DIR, cfg.TEST.SAVE_RESULTS_PATH)
     result = evaluate(model, loader, cfg, info, split="test_final", views_expected=views, save_path=save)

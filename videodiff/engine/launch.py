@@ -4,17 +4,18 @@ Failures print one line with the reason (config errors before any work) and exit
 """
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from iopath.common.file_io import g_pathmgr
 
 from videodiff.config import ConfigError, dump_config, load_config
 from videodiff.data.loader import per_rank_batch_size
-from videodiff.engine.build import train
+from videodiff.engine.build import build_trainer
 from videodiff.engine.distributed import barrier, cleanup, init_distributed
 from videodiff.engine.dry_run import dry_run
-from videodiff.engine.evaluate import run_test
-from videodiff.engine.logging import logger, setup_logging
+from videodiff.engine.evaluate import prepare_test, run_test
+from videodiff.engine.logging import log_to_file_only, logger, setup_logging
 from videodiff.engine.preemption import Preempted
 from videodiff.state_dicts import CheckpointError
 
@@ -51,14 +52,18 @@ def run(cfg_file: str, opts: Sequence[str]) -> None:
         per_rank_batch_size(cfg, split, world_size)
     info = init_distributed()
     setup_logging(cfg.OUTPUT_DIR, info.is_main)
+    logger.info(f"world size {info.world_size}, device {info.device}, output {cfg.OUTPUT_DIR}")
+    trainer = build_trainer(cfg, info) if cfg.TRAIN.ENABLE else None
+    test_job = prepare_test(cfg, info) if cfg.TEST.ENABLE and trainer is None else None
+    # Only now, with model, data lists and checkpoints in hand: a run that cannot start leaves a finished run's
+    # folder as it was.
     if info.is_main:
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
-    logger.info(f"world size {info.world_size}, device {info.device}, output {cfg.OUTPUT_DIR}")
-    if cfg.TRAIN.ENABLE:
-        train(cfg, info)
+    if trainer is not None:
+        trainer.train()
         barrier()
     if cfg.TEST.ENABLE:
-        run_test(cfg, info)
+        run_test(cfg, info, test_job)
 
 
 def main(cfg_file: str, opts: Sequence[str]) -> int:
@@ -71,7 +76,11 @@ def main(cfg_file: str, opts: Sequence[str]) -> int:
         return 0
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        log_to_file_only(f"error: {e}")
         return 2
+    except Exception:  # an unexpected one: its traceback goes to the console as usual, and to log.txt
+        log_to_file_only(traceback.format_exc().rstrip())
+        raise
     finally:
         cleanup(wait_for_all=finished)
     return 0

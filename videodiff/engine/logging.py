@@ -31,6 +31,15 @@ def setup_logging(output_dir: str, is_main: bool, to_file: bool = True) -> loggi
     return logger
 
 
+def log_to_file_only(message: str, level: int = logging.ERROR) -> None:
+    """Record ``message`` in log.txt (when the run has one) without printing it again: for the final error line,
+    which the console already shows on stderr."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def memory_mb(device: torch.device) -> float:
     """Peak memory so far: GPU allocator peak on CUDA, process max RSS on CPU."""
     if device.type == "cuda":

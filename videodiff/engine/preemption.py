@@ -9,11 +9,12 @@ import signal
 
 import torch
 
+from videodiff.data.loader import SCHEDULER_SIGNALS
 from videodiff.engine.distributed import all_reduce_mean
 from videodiff.engine.hooks import Hook
 from videodiff.engine.logging import logger
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = SCHEDULER_SIGNALS  # the loader's workers ignore them, so the main process is the one that answers
 
 
 class Preempted(SystemExit):

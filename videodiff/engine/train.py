@@ -3,7 +3,6 @@
 A model takes ``(clip, label)`` and returns a dict with ``"loss"``; its other 0-d tensors are logged as
 metrics. The loop never asks which method it is training: features attach as hooks (``hooks.py``).
 """
-import math
 import time
 from typing import List, Optional
 
@@ -13,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from videodiff.data import set_loader_epoch
 from videodiff.engine import checkpoint as ckpt
-from videodiff.engine.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier
+from videodiff.engine.distributed import DistInfo, all_gather_objects, all_reduce_mean, on_main_rank
 from videodiff.engine.hooks import Hook
 from videodiff.engine.logging import StatsWriter, logger
 from videodiff.engine.precision import Precision
@@ -26,14 +25,15 @@ class Trainer:
     Plain arguments only (``engine/build.py`` maps the config to them): ``max_epoch`` epochs over ``loader``;
     ``output_dir`` receives checkpoints (with ``config_text`` stored in each); ``clip_grad`` > 0 clips the
     gradient norm; ``skip_nonfinite_loss`` skips a step with a NaN/Inf loss instead of stopping; ``seed`` makes
-    every epoch's randomness a function of (seed, epoch, rank). ``stats`` defaults to ``json_stats.log`` in
+    every epoch's randomness a function of (seed, epoch, rank); ``max_consecutive_skips`` bounds how many
+    non-finite steps in a row are skipped before the run stops. ``stats`` defaults to ``json_stats.log`` in
     ``output_dir``, written by the main rank.
     """
 
     def __init__(self, model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, max_epoch: int,
                  info: DistInfo = DistInfo(), output_dir: str = ".", config_text: str = "",
                  precision: Precision = Precision(), clip_grad: float = 0.0, skip_nonfinite_loss: bool = False,
-                 seed: int = 0, stats: Optional[StatsWriter] = None):
+                 max_consecutive_skips: int = 10, seed: int = 0, stats: Optional[StatsWriter] = None):
         self.model, self.loader, self.optimizer, self.info = model, loader, optimizer, info
         self.max_epoch, self.output_dir, self.config_text = max_epoch, output_dir, config_text
         self.precision, self.clip_grad, self.skip_nonfinite_loss, self.seed = precision, clip_grad, \
@@ -44,7 +44,8 @@ class Trainer:
         self.start_epoch, self.start_iter, self.epoch, self.iter, self.lr = 0, 0, 0, 0, 0.0
         self.iters_per_epoch = len(loader)  # the full epoch, also when resuming part-way through one
         self.saved_rng: Optional[list] = None
-        self.skipped_steps = 0
+        self.skipped_steps = self.consecutive_skips = 0
+        self.max_consecutive_skips = max_consecutive_skips
         self.last_checkpoint = ""
         self.data_time = self.step_time = 0.0
         self.steps_this_run, self._run_start = 0, time.perf_counter()
@@ -57,9 +58,10 @@ class Trainer:
     def run_seconds(self) -> float:
         return time.perf_counter() - self._run_start
 
-    def resume(self, path: str, weights_only: bool = True) -> None:
-        """Continue from checkpoint ``path``: model, optimizer, scaler, position, random state, hook states."""
-        saved = ckpt.resume(path, self.model, self.optimizer, self.scaler, weights_only=weights_only)
+    def resume(self, path: str, weights_only: bool = True, state: Optional[dict] = None) -> None:
+        """Continue from checkpoint ``path`` (or its already-read ``state``): model, optimizer, scaler, position,
+        random state, hook states."""
+        saved = ckpt.resume(path, self.model, self.optimizer, self.scaler, weights_only=weights_only, state=state)
         self.start_epoch, self.start_iter = int(saved["epoch"]), int(saved.get("iter", 0))
         self.last_checkpoint, self.saved_rng = path, saved.get("rng")
         self.load_hook_states(saved.get("hooks", {}), path)
@@ -72,14 +74,25 @@ class Trainer:
             self.model = DistributedDataParallel(self.model, device_ids=ids)
 
     def save_checkpoint(self, epoch: int, iteration: int = 0) -> None:
-        """Main rank writes the state after ``epoch`` epochs + ``iteration`` steps; every rank must call this."""
+        """Main rank writes the state after ``epoch`` epochs + ``iteration`` steps; every rank must call this.
+
+        Non-finite weights are never saved (the run stops naming the last good checkpoint), and a failed write
+        stops every rank with the main rank's one-line reason (``checkpoint.save_checkpoint``)."""
+        if not torch.isfinite(nn.utils.get_total_norm([p.detach() for p in self.model.parameters()])):
+            raise FloatingPointError(f"the weights are not finite after epoch {epoch}"
+                                     + (f" iteration {iteration}" if iteration else "") + "; not saved; last good "
+                                     f"checkpoint: {self.last_checkpoint or 'none yet'}")
         rng = all_gather_objects(rng_state())  # every rank's generators, so a resumed run replays them
-        if self.info.is_main:
-            self.last_checkpoint = ckpt.save_checkpoint(
-                self.output_dir, epoch, self.model, self.optimizer, self.scaler, self.config_text,
-                extra={"hooks": self.hook_states(), "rng": rng}, iteration=iteration)
-            logger.info(f"saved {self.last_checkpoint}")
-        barrier()
+
+        def write() -> str:
+            return ckpt.save_checkpoint(self.output_dir, epoch, self.model, self.optimizer, self.scaler,
+                                        self.config_text, extra={"hooks": self.hook_states(), "rng": rng},
+                                        iteration=iteration)
+
+        path = on_main_rank(write, (ckpt.CheckpointError,))
+        if path:
+            self.last_checkpoint = path
+            logger.info(f"saved {path}")
 
     def save_position(self) -> None:
         """Checkpoint right after the current step (mid-epoch, or end of epoch after its last step)."""
@@ -111,40 +124,63 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def step(self, batch: dict) -> dict:
-        """One optimisation step; returns the model's 0-d outputs (loss first)."""
+        """One optimisation step; returns the model's 0-d outputs (loss first) and ``grad_norm``, or {} when a
+        non-finite step was skipped (``skip_nonfinite_loss``)."""
         clip = batch["clip"].to(self.info.device, non_blocking=True)
         label = batch["label"].to(self.info.device, non_blocking=True)
         with self.precision.autocast(self.info.device):
             out = self.model(clip, label)
         self.optimizer.zero_grad(set_to_none=True)
-        if not self.loss_is_finite(out["loss"]):
-            return {}  # TRAIN.SKIP_NONFINITE_LOSS: this step changes nothing
         self.scaler.scale(out["loss"]).backward()
-        if self.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
+        grad_norm = self.gradient_norm()
+        if not self.step_is_finite(out["loss"], grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return {}  # this step changes nothing
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+        metrics = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+        return dict(metrics, grad_norm=grad_norm)
 
-    def loss_is_finite(self, loss: torch.Tensor) -> bool:
-        """True for a finite loss on every rank; otherwise skip the step (opt-in) or stop with where and why.
+    def gradient_norm(self) -> torch.Tensor:
+        """Total gradient norm (0-d, on the device), after clipping to ``clip_grad`` when that is > 0."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.info.device)
+        if self.clip_grad > 0:
+            return nn.utils.clip_grad_norm_(params, self.clip_grad).detach()  # the norm before clipping
+        return nn.utils.get_total_norm([p.grad for p in params]).detach()
 
-        Ranks agree (all-reduce), so either all of them step or none does, and DDP never waits on one.
+    def step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """True when the loss and the gradient are finite on every rank; else skip the step (opt-in, at most
+        ``max_consecutive_skips`` in a row) or stop, naming where, what and the last good checkpoint.
+
+        A finite loss can still give an exploding gradient whose update leaves every weight NaN, so both are checked.
+        With fp16 loss scaling, infinite gradients are the scaler's business (it skips and lowers the scale).
+        Ranks agree with one all-reduce, so either all of them step or none does, and DDP never waits on one.
         """
-        value = float(loss.detach())
-        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=self.info.device)
-        if float(all_reduce_mean(bad)) == 0.0:
+        loss_bad = ~torch.isfinite(loss.detach().float())
+        grad_bad = torch.zeros_like(loss_bad) if self.scaler.is_enabled() else ~torch.isfinite(grad_norm.float())
+        flags = all_reduce_mean(torch.stack([loss_bad, grad_bad.to(loss_bad.device)]).float()).tolist()  # one sync
+        loss_bad, grad_bad = flags[0] > 0, flags[1] > 0
+        if not (loss_bad or grad_bad):
+            self.consecutive_skips = 0
             return True
+        what = f"loss is {float(loss.detach())}" if loss_bad else f"gradient norm is {float(grad_norm)}"
         where = f"epoch {self.epoch + 1} iteration {self.iter + 1}"
-        if self.skip_nonfinite_loss:
-            self.skipped_steps += 1
-            logger.warning(f"non-finite loss ({value}) at {where}: step skipped "
-                           f"({self.skipped_steps} so far)")
-            return False
-        raise FloatingPointError(
-            f"loss is {value} at {where}; no checkpoint was changed or deleted; last good checkpoint: "
-            f"{self.last_checkpoint or 'none yet'} (TRAIN.SKIP_NONFINITE_LOSS True skips such steps instead)")
+        last = f"last good checkpoint: {self.last_checkpoint or 'none yet'}"
+        if not self.skip_nonfinite_loss:
+            raise FloatingPointError(f"{what} at {where}; no checkpoint was changed or deleted; {last} "
+                                     f"(TRAIN.SKIP_NONFINITE_LOSS True skips such steps instead)")
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips > self.max_consecutive_skips:
+            raise FloatingPointError(f"{what} at {where}, and the {self.max_consecutive_skips} steps before it were "
+                                     f"skipped too: the weights are likely broken; stopping; {last}")
+        logger.warning(f"non-finite {what.split(' is ')[0]} ({what.split(' is ')[1]}) at {where}: step skipped "
+                       f"({self.skipped_steps} so far)")
+        return False
 
     def run_epoch(self, start_iter: int = 0) -> None:
         self.model.train()
