@@ -129,14 +129,14 @@ def test_image_folders_are_checked_and_the_cleaned_folder_keeps_labels(tmp_path,
     assert code == 1
     text = capsys.readouterr().out
     assert f"train: 6 entries ({data / 'train'}), 3 readable, 3 unreadable, 1 with warnings" in text
-    assert "I;16: 16/32-bit image" in text and "modes: RGB (2); I;16 (1)" in text
+    assert "I;16: 16-bit image" in text and "modes: RGB (2); I;16 (1)" in text
     bad = {os.path.relpath(path, data / "train"): (line, reason)
            for path, line, reason in read_tsv(out / "train_unreadable.tsv")[1:]}
     assert set(bad) == {"cat/c.png", "dog/dir.jpg", "owl/x.jpg"}
     assert bad["dog/dir.jpg"] == ("", "is a directory") and all(reason for _, reason in bad.values())
     report = {os.path.basename(row[0]): row for row in read_tsv(out / "train_report.tsv")[1:]}
     assert report["deep.png"][3:10] == ["ok", "1", "16", "16", "0.000", "0.000", "I;16"]
-    assert "saturates" in report["deep.png"][10]
+    assert "scaled to 8 bits by the loader" in report["deep.png"][10]
     assert report["a.jpg"][3:7] == ["ok", "1", "40", "48"] and report["a.jpg"][10] == ""
     assert text.strip().splitlines()[-1].endswith(f"DATA.PATH_TO_DATA_DIR {out}")  # no prefix for folders
 

@@ -259,3 +259,133 @@ def test_unknown_format_and_layer_scale_are_refused():
     sd["blocks.0.gamma_1"] = torch.ones(D)
     with pytest.raises(ValueError, match="layer scale"):
         convert_state_dict(sd, "mae_st", num_heads=HEADS)
+
+
+# ---------------------------------------------------------------------------------------------- safe loading
+def _tool():
+    """tools/convert_checkpoint.py as a module, to call its ``main`` in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_tool", "tools/convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mae_training_checkpoint(state):
+    """What facebookresearch/mae's misc.save_model writes: the model, optimizer and scaler states, the epoch,
+    and the argparse arguments (an ``argparse.Namespace``, the one non-tensor type these files hold)."""
+    import argparse
+    args = argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_base_patch16", input_size=224,
+                              mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
+                              min_lr=0.0, warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/",
+                              output_dir="./output_dir", device="cuda", seed=0, resume="", start_epoch=0,
+                              num_workers=10, pin_mem=True, world_size=64, local_rank=-1, dist_on_itp=False,
+                              dist_url="env://", distributed=True, rank=0, gpu=0, dist_backend="nccl")
+    optimizer = {"state": {0: {"step": torch.tensor(10.0), "exp_avg": torch.zeros(3)}},
+                 "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95), "weight_decay": 0.05, "params": [0]}]}
+    return {"model": state, "optimizer": optimizer, "epoch": 799, "scaler": {"scale": 65536.0, "_growth_tracker": 7},
+            "args": args}
+
+
+def test_an_mae_checkpoint_with_its_training_args_converts_with_the_safe_load(tmp_path, capsys):
+    ref = _timm_vit(num_classes=0, global_pool="token")
+    _randomize(ref, 4)
+    src, dst = tmp_path / "checkpoint-799.pth", tmp_path / "mae.pyth"
+    torch.save(_mae_training_checkpoint(ref.state_dict()), str(src))
+    assert _tool().main(["--format", "mae", "--num-heads", str(HEADS), str(src), str(dst)]) == 0, \
+        capsys.readouterr().err
+    expected, _ = convert_state_dict(ref.state_dict(), "mae", num_heads=HEADS)
+    saved = torch.load(str(dst), weights_only=True)["model"]
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in expected)
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted checkpoint does on a full (weights_only=False) load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_pickle_is_refused_without_running_and_names_the_opt_in_flag(tmp_path):
+    marker, src, dst = tmp_path / "pwned", tmp_path / "mae_pretrain_vit_base.pth", tmp_path / "out.pyth"
+    torch.save({"model": _timm_vit(num_classes=0).state_dict(), "args": _Payload(marker)}, str(src))
+    proc = subprocess.run([sys.executable, "tools/convert_checkpoint.py", "--format", "mae", str(src), str(dst)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not marker.exists() and not dst.exists()
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, proc.stderr
+    assert str(src) in message and "posix.system" in message and "--unsafe-load" in message
+    help_text = subprocess.run([sys.executable, "tools/convert_checkpoint.py", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "--unsafe-load" in help_text and "only for files you trust" in " ".join(help_text.split())
+
+
+def test_other_python_objects_need_the_explicit_unsafe_load(tmp_path, capsys):
+    import pathlib
+    src, dst = tmp_path / "trusted.pth", tmp_path / "out.pyth"
+    torch.save({"model": _timm_vit(num_classes=0).state_dict(), "output_dir": pathlib.PurePosixPath("/ckpt")},
+               str(src))
+    tool = _tool()
+    assert tool.main(["--format", "mae", "--num-heads", str(HEADS), str(src), str(dst)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "pathlib.PurePosixPath" in message and "--unsafe-load" in message
+    assert not dst.exists()
+    assert tool.main(["--format", "mae", "--num-heads", str(HEADS), "--unsafe-load", str(src), str(dst)]) == 0
+    assert "encoder.cls_token" in torch.load(str(dst), weights_only=True)["model"]
+
+
+def _write_bad_source(kind, path):
+    good = {"model": _timm_vit(num_classes=0).state_dict()}
+    if kind == "random_bytes":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif kind in ("truncated", "truncated_legacy"):
+        torch.save(good, str(path), _use_new_zipfile_serialization=kind == "truncated")
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("mae_pretrain_vit_base.pth: 404 Not Found\n")
+    elif kind == "list":
+        torch.save([torch.zeros(2), torch.ones(2)], str(path))
+    elif kind == "not_a_vit":
+        torch.save({"model": {"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}}, str(path))
+    elif kind == "no_state_dict":
+        torch.save({"epoch": 3, "args": "x"}, str(path))
+
+
+BAD_SOURCES = {"random_bytes": "not a readable PyTorch checkpoint", "truncated": "not a readable PyTorch checkpoint",
+               "truncated_legacy": "not a readable PyTorch checkpoint", "empty": "empty",
+               "text": "not a readable PyTorch checkpoint", "list": "holds a list",
+               "not_a_vit": "no 'patch_embed.proj.weight': not a ViT state dict",
+               "no_state_dict": "holds no state dict", "missing": "no such file"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SOURCES))
+def test_a_bad_source_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys, kind):
+    src, dst = tmp_path / f"{kind}.pth", tmp_path / "out.pyth"
+    _write_bad_source(kind, src)
+    for unsafe in ([], ["--unsafe-load"]):  # the full pickle load fails as plainly
+        assert _tool().main(["--format", "mae", *unsafe, str(src), str(dst)]) == 2
+        message = capsys.readouterr().err.strip()
+        assert len(message.splitlines()) == 1 and message.startswith(f"error: {src}"), message
+        assert BAD_SOURCES[kind] in message and not dst.exists()
+    if kind == "truncated_legacy":  # a name cut short is damage, not a foreign object to opt in to
+        assert "--unsafe-load" not in message
+
+
+def test_a_state_dict_without_vit_keys_is_a_value_error_naming_the_missing_key():
+    with pytest.raises(ValueError, match=r"no 'patch_embed.proj.weight': not a ViT state dict in the mae layout"):
+        convert_state_dict({"fc.weight": torch.zeros(2, 2)}, "mae")
+    sd = _mae_st_state(finetuned=False)
+    del sd["blocks.1.attn.k.bias"]
+    with pytest.raises(ValueError, match=r"no 'blocks.1.attn.k.bias'"):
+        convert_state_dict(sd, "mae_st", num_heads=HEADS)
+    sd = _mae_st_state(finetuned=False)
+    del sd["pos_embed_class"]
+    with pytest.raises(ValueError, match=r"no 'pos_embed_class'"):
+        convert_state_dict(sd, "mae_st", num_heads=HEADS)

@@ -264,7 +264,8 @@ def test_batch_size_must_divide_over_ranks(tmp_path):
 
 
 def test_unknown_dataset_names_the_key_and_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="TEST.DATASET = 'ucf'.*imagefolder, kinetics"):
+    # Config validation now refuses it at load (before any work), from the same registry build_dataset uses.
+    with pytest.raises(ValueError, match="TEST.DATASET .*= 'ucf'.*(imagefolder, kinetics|kinetics, imagefolder)"):
         build_dataset(cfg_for(tmp_path, "TEST.DATASET", "ucf"), "val")
 
 
@@ -279,3 +280,92 @@ def test_persistent_workers_follow_the_epoch(tmp_path):
         reference.set_epoch(epoch)
         for batch in loader:
             torch.testing.assert_close(batch["clip"][0], reference[int(batch["index"][0])]["clip"][0])
+
+
+# ---------------------------------------------------------------- lists and images that used to fail loudly
+def test_a_list_that_is_a_folder_is_one_line_naming_it(tmp_path):
+    (tmp_path / "train.csv").mkdir()
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        read_video_list(str(tmp_path / "train.csv"))
+    text = str(err.value)
+    assert str(tmp_path / "train.csv") in text and "folder" in text and "\n" not in text
+
+
+def test_a_list_that_is_not_utf8_names_the_file_and_every_bad_line(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_bytes(b"a.mp4 0\ncaf\xe9.mp4 1\nb.mp4 2\n\xff\xfe.mp4 0\nc.mp4 1\n")  # Latin-1 and stray bytes
+    with pytest.raises(ValueError) as err:
+        read_video_list(str(csv))
+    text = str(err.value)
+    assert str(csv) in text and "UTF-8" in text and "lines 2, 4" in text and "\n" not in text
+    assert "line 1" not in text and "line 3" not in text
+
+
+def test_a_list_with_a_utf8_byte_order_mark_and_non_ascii_paths_reads(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_bytes("\ufeffcafé.mp4 1\nb.mp4 0\n".encode("utf-8"))
+    assert read_video_list(str(csv), base_dir="/v") == [("/v/café.mp4", 1), ("/v/b.mp4", 0)]
+
+
+def _png_16bit(path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG written byte by byte (Pillow reads, but cannot write, 16-bit RGB): ``pixels`` uint16
+    ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width = pixels.shape[:2]
+    colour = 0 if pixels.ndim == 2 else 2
+    rows = pixels.astype(">u2").reshape(height, -1).tobytes()
+    stride = len(rows) // height
+    raw = b"".join(b"\x00" + rows[y * stride:(y + 1) * stride] for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("layout", ["grey_pil", "grey", "rgb"])
+def test_a_16_bit_png_decodes_like_its_8_bit_version(tmp_path, layout):
+    from PIL import Image
+
+    from videodiff.data.imagefolder import ImageFolderClips
+
+    ramp = np.arange(32 * 40, dtype=np.int64).reshape(32, 40) * 65535 // (32 * 40 - 1)  # 0 .. 65535
+    sixteen = ramp.astype(np.uint16)
+    if layout == "rgb":
+        sixteen = np.stack([sixteen, sixteen[::-1], 65535 - sixteen], -1)
+    eight = np.round(sixteen / 257).astype(np.uint8)
+    for split, image in (("16", sixteen), ("8", eight)):
+        path = tmp_path / split / "a" / "0.png"
+        path.parent.mkdir(parents=True)
+        if split == "16" and layout == "grey_pil":
+            Image.fromarray(image).save(path)  # Pillow's own 16-bit greyscale PNG
+        elif split == "16":
+            _png_16bit(path, image)
+        else:
+            Image.fromarray(image).save(path)
+    if layout == "grey_pil":
+        assert Image.open(tmp_path / "16" / "a" / "0.png").mode.startswith("I")
+    clips = [ImageFolderClips(str(tmp_path / split), "val", TestTransform(32, **IDENTITY))[0]["clip"]
+             for split in ("16", "8")]
+    assert clips[0].shape == clips[1].shape == (1, 3, 1, 32, 32)
+    assert (clips[0] - clips[1]).abs().max().item() <= 1 / 255 + 1e-6
+    assert 0.4 < clips[0].mean().item() < 0.6  # a ramp is half grey, not (as before) nearly white
+
+
+@pytest.mark.parametrize("mode, dtype", [("I;16", "<u2"), ("I;16L", "<u2"), ("I;16B", ">u2"), ("I;16N", "=u2"),
+                                         ("I", "=i4")])
+def test_16_bit_image_modes_scale_to_8_bit_grey(mode, dtype):
+    from PIL import Image
+
+    from videodiff.data.imagefolder import rgb_uint8
+
+    values = np.array([[0, 128, 257, 32767], [32896, 65279, 65534, 65535]])
+    image = Image.frombytes(mode, (4, 2), values.astype(dtype).tobytes())
+    assert image.mode == mode and (np.asarray(image) == values).all()
+    rgb = rgb_uint8(image)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
+    np.testing.assert_array_equal(rgb[..., 0], [[0, 0, 1, 127], [128, 254, 255, 255]])  # round(v / 257)
+    assert (rgb == rgb[..., :1]).all()

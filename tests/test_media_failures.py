@@ -62,6 +62,8 @@ def make_bad(kind, path, good):
         for k in range(start, start + (len(data) - start) // 2):
             payload[k] = (payload[k] * 7 + 13) % 256
         open(path, "wb").write(bytes(payload))
+    elif kind == "directory":  # a folder with a video's name (a half-copied data set, a stray mkdir)
+        os.makedirs(path)
     elif kind == "audio_only":
         with av.open(path, "w") as out:
             stream = out.add_stream("aac", rate=16000)
@@ -73,7 +75,7 @@ def make_bad(kind, path, good):
     return path  # "missing": nothing written
 
 
-KINDS = ["zero_byte", "truncated", "truncated_frames", "not_a_video", "garbled", "audio_only", "missing"]
+KINDS = ["zero_byte", "truncated", "truncated_frames", "not_a_video", "garbled", "audio_only", "missing", "directory"]
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -86,7 +88,7 @@ def test_every_kind_of_bad_video_is_a_decode_error_naming_the_file(tmp_path, kin
     assert err.value.path == path and path in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["zero_byte", "truncated", "not_an_image", "missing"])
+@pytest.mark.parametrize("kind", ["zero_byte", "truncated", "not_an_image", "missing", "directory"])
 def test_every_kind_of_bad_image_is_skipped_in_training(tmp_path, kind):
     make_image_folder(tmp_path, "train", {"a": 2})
     bad = tmp_path / "train" / "a" / "0.png"
@@ -96,6 +98,9 @@ def test_every_kind_of_bad_image_is_skipped_in_training(tmp_path, kind):
         bad.write_bytes(bad.read_bytes()[:60])
     elif kind == "not_an_image":
         bad.write_text("not a png")
+    elif kind == "directory":  # a folder named like an image: listed by its name, unreadable as an image
+        bad.unlink()
+        bad.mkdir()
     dataset = ImageFolderClips(str(tmp_path / "train"), "train", TrainTransform(16, **IDENTITY), max_retries=5)
     val = ImageFolderClips(str(tmp_path / "train"), "val", TestTransform(16, **IDENTITY))
     if kind == "missing":
@@ -210,3 +215,52 @@ def test_too_many_bad_files_stop_the_run_with_the_count_after_saving_the_epoch(b
     assert "5 of 12 training files (41.7%) could not be read" in proc.stderr
     assert "skipped_videos.txt" in proc.stderr and "Traceback" not in proc.stderr
     assert os.listdir(os.path.join(out, "checkpoints")) == ["checkpoint_epoch_00001.pyth"]
+
+
+def test_a_directory_in_a_test_list_becomes_a_flagged_placeholder(tmp_path):
+    good = ramp_video(tmp_path / "good.mp4")
+    folder = make_bad("directory", str(tmp_path / "folder.mp4"), good)
+    csv = write_csv(tmp_path, "test.csv", [f"{good} 0", f"{folder} 1"])
+    dataset = KineticsDataset(csv, "test", 4, 2, TestTransform(32, **IDENTITY))
+    item = dataset[1]
+    assert item["valid"] is False and item["clip"].shape == dataset[0]["clip"].shape
+    assert item["skipped"][0][0] == folder and "directory" in item["skipped"][0][1]
+
+
+def test_a_directory_in_the_train_list_is_skipped_and_listed_across_a_resume(tmp_path):
+    data = make_tiny_demo(tmp_path)
+    folder = os.path.join(data, "videos", "train", "train_00002.mp4")
+    os.remove(folder)
+    os.makedirs(folder)
+    test_folder = os.path.join(data, "videos", "test", "test_00001.mp4")
+    os.remove(test_folder)
+    os.makedirs(test_folder)
+    out = str(tmp_path / "run")
+    base = TINY_OPTS + ["DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", out, "DATA.MAX_FAILED_FRACTION", "0.5"]
+    first = run_net(CFG, base + ["SOLVER.MAX_EPOCH", "1", "TEST.ENABLE", "False"], check=False)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-2000:]
+    resumed = run_net(CFG, base + ["SOLVER.MAX_EPOCH", "2"], check=False)  # resumes from epoch 1, then tests
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
+    listed = open(os.path.join(out, "skipped_videos.txt")).read().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [folder]  # once per run, across the restart
+    final = [s for s in read_stats(out) if s["split"] == "test_final"][-1]
+    assert final["failed_videos"] == 1 and final["num_videos"] == 3
+    assert test_folder in resumed.stdout
+
+
+@pytest.mark.parametrize("problem", ["folder", "not_utf8"])
+def test_a_bad_split_list_stops_the_run_with_one_line_naming_it(tmp_path, problem):
+    data = make_tiny_demo(tmp_path)
+    listing = os.path.join(data, "train.csv")
+    if problem == "folder":
+        os.remove(listing)
+        os.makedirs(listing)
+    else:
+        lines = open(listing, "rb").read().splitlines()
+        lines[3] = lines[3].replace(b".mp4", b"\xe9.mp4")  # Latin-1, as some editors save it
+        open(listing, "wb").write(b"\n".join(lines) + b"\n")
+    proc = run_net(CFG, TINY_OPTS + ["DATA.PATH_TO_DATA_DIR", data, "OUTPUT_DIR", str(tmp_path / "run")], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and listing in message
+    assert ("line 4" in message and "UTF-8" in message) if problem == "not_utf8" else "folder" in message

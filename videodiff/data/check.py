@@ -148,8 +148,10 @@ def check_image(path: str) -> Facts:
 
 
 def _mode_warning(mode: str) -> str:
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return f"{mode}: 16/32-bit image; the loader's convert('RGB') saturates values above 255"
+    if mode.startswith("I;16") or mode == "I":
+        return f"{mode}: 16-bit image, scaled to 8 bits by the loader (imagefolder.rgb_uint8)"
+    if mode == "F":
+        return f"{mode}: 32-bit float image; the loader's convert('RGB') saturates values above 255"
     if mode not in _PLAIN_MODES:
         return f"{mode}: unusual mode, converted to RGB by the loader"
     return ""

@@ -93,12 +93,26 @@ def _scan(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
     return classes, images
 
 
+def rgb_uint8(image: Image.Image) -> np.ndarray:
+    """``image`` as RGB uint8 ``[H, W, 3]``.
+
+    16-bit greyscale (PNG; Pillow modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, or ``I`` in older Pillows)
+    maps 0..65535 to 0..255 (``round(v / 257)``) and repeats the grey in R, G, B: ``convert("RGB")`` would clip
+    every value above 255, turning such an image nearly white. 16-bit RGB PNGs Pillow already reads as 8-bit RGB.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.int64).clip(0, 65535)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB")).copy()
+
+
 def _read_image(path: str) -> torch.Tensor:
     """RGB uint8 ``[1, H, W, 3]``; an unreadable file raises ImageDecodeError naming it."""
     source = media_source(path, ImageDecodeError)
     try:
         with Image.open(source) as image:
-            rgb = np.asarray(image.convert("RGB")).copy()
+            rgb = rgb_uint8(image)
     # Pillow reports broken files as OSError (truncated, not an image) and, for some formats, as
     # SyntaxError or ValueError.
     except (OSError, SyntaxError, ValueError) as e:

@@ -16,20 +16,28 @@ from iopath.common.file_io import g_pathmgr
 
 from videodiff.data.media_errors import MediaError, VideoDecodeError
 
+_FOLDER = "it is a directory, not a file"
+
 
 def media_source(path: str, error: Type[MediaError] = VideoDecodeError) -> Union[str, BinaryIO]:
     """What to give a decoder for ``path``: the path itself when it is a local file, else an open binary
     file object from ``g_pathmgr`` (the caller closes it).
 
-    A missing or zero-byte file raises ``error`` naming the file.
+    A missing or zero-byte file, or a folder where a file should be (a folder named ``x.mp4`` or ``x.jpg``),
+    raises ``error`` naming it: bad media like any other, skipped in training and a placeholder in val/test.
     """
     if os.path.isfile(path):
         if os.path.getsize(path) == 0:
             raise error(path, "the file is empty (0 bytes)")
         return path
+    if os.path.isdir(path):
+        raise error(path, _FOLDER)
     if not g_pathmgr.exists(path):
         raise error(path, "file not found")
-    f = g_pathmgr.open(path, "rb")
+    try:
+        f = g_pathmgr.open(path, "rb")
+    except IsADirectoryError:  # a folder in remote storage
+        raise error(path, _FOLDER) from None
     if not f.read(1):
         f.close()
         raise error(path, "the file is empty (0 bytes)")

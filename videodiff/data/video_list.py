@@ -1,15 +1,24 @@
 """Read a Kinetics-style list file: one ``path<SEP>label`` per line.
 
 A bad list is reported in full at once: every malformed line with its 1-based line number, so a
-user fixes the file in one pass instead of one error per run.
+user fixes the file in one pass instead of one error per run. The list is read as UTF-8 (a leading byte-order
+mark is ignored); lines in another encoding are named by number in one line.
 """
+import codecs
 import os
+import re
 from typing import List, Optional, Tuple
 
 from iopath.common.file_io import g_pathmgr
 
 # Lines shown in a malformed-list error; the rest are counted.
 _MAX_REPORTED = 10
+# A byte that is not UTF-8, as ``errors="surrogateescape"`` decodes it.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+class VideoListError(ValueError):
+    """The list file itself cannot be used: a folder, not UTF-8, malformed lines, or no entries."""
 
 
 def read_video_list(
@@ -32,12 +41,16 @@ def read_video_list(
 
     Raises:
         FileNotFoundError: the list file does not exist.
-        ValueError: malformed lines (all of them listed, with line numbers) or an empty list.
+        VideoListError (a ValueError): the path is a folder, the text is not UTF-8 (the bad lines named by
+            number), malformed lines (all of them listed, with line numbers) or an empty list.
     """
     if not g_pathmgr.exists(csv_path):
         raise FileNotFoundError(f"video list not found: {csv_path}")
-    with g_pathmgr.open(csv_path, "r") as f:
-        lines = f.read().splitlines()
+    if g_pathmgr.isdir(csv_path):
+        raise VideoListError(f"{csv_path}: is a folder, not a video list file (expected a text file of "
+                             f"'path{separator}label' lines)")
+    with g_pathmgr.open(csv_path, "rb") as f:
+        lines = _decode_lines(f.read(), csv_path)
     root = path_prefix or (base_dir if base_dir is not None else _parent(csv_path))
     entries, problems = [], []
     for number, line in enumerate(lines, start=1):
@@ -49,10 +62,33 @@ def read_video_list(
         else:
             entries.append((os.path.join(root, parsed[0]), parsed[1]))
     if problems:
-        raise ValueError(_malformed_message(csv_path, problems, separator, num_classes))
+        raise VideoListError(_malformed_message(csv_path, problems, separator, num_classes))
     if not entries:
-        raise ValueError(f"{csv_path}: the video list is empty")
+        raise VideoListError(f"{csv_path}: the video list is empty")
     return entries
+
+
+def _decode_lines(data: bytes, csv_path: str) -> List[str]:
+    """The lines of a UTF-8 list (split by ``str.splitlines``, as a text read does); a VideoListError naming
+    every line that is not UTF-8, in one line of text."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        pass
+    # Undecodable bytes become lone surrogates (U+DC80..U+DCFF), which valid UTF-8 never yields: they mark
+    # the bad lines without shifting the line numbers.
+    lines = data.decode("utf-8", errors="surrogateescape").splitlines()
+    bad = [(number, match) for number, line in enumerate(lines, start=1)
+           for match in [_ESCAPED_BYTE.search(line)] if match]
+    number, match = bad[0]
+    numbers = ", ".join(str(n) for n, _ in bad[:_MAX_REPORTED])
+    more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+    where = f"byte 0x{ord(match.group()) - 0xDC00:02x} at column {match.start() + 1}"
+    what = f"line {numbers} is" if len(bad) == 1 else f"lines {numbers}{more} are"
+    detail = where if len(bad) == 1 else f"line {number}: {where}"
+    raise VideoListError(f"{csv_path}: {what} not UTF-8 text ({detail}); save the list as UTF-8")
 
 
 def _parent(path: str) -> str:

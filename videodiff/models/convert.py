@@ -243,13 +243,49 @@ def _drop_reason(key: str) -> str:
     return "no counterpart in videodiff's ViT"
 
 
+# Source keys the conversion reads (everything else is reported as dropped).
+_VIT_KEYS = ("patch_embed.", "blocks.", "pos_embed", "cls_token", "norm.", "fc_norm.", "head.")
+
+
+def _check_layout(state: State, fmt: str) -> None:
+    """A ValueError saying what is missing when ``state`` is not a ViT state dict at all."""
+    for key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+        if key not in state:
+            raise _missing(state, fmt, key)
+    if not any(_BLOCK.match(k) for k in state):
+        raise _missing(state, fmt, "blocks.0.*")
+    for key, value in state.items():
+        if key.startswith(_VIT_KEYS) and not torch.is_tensor(value):
+            raise ValueError(f"{key!r} holds a {type(value).__name__}, not a tensor")
+
+
+def _missing(state: State, fmt: str, key: str) -> ValueError:
+    shown = ", ".join(sorted(state)[:6]) + (", ..." if len(state) > 6 else "")
+    return ValueError(f"no {key!r}: not a ViT state dict in the {fmt} layout (it has {len(state)} key(s): "
+                      f"{shown or 'none'})")
+
+
 def convert_state_dict(state: State, fmt: str, num_frames: int = 16, img_size: int = 224,
                        num_heads: Optional[int] = None) -> Tuple[State, ConversionReport]:
     """A public checkpoint's state dict -> (videodiff state dict, report). ``num_frames`` / ``img_size``
-    describe the source model's clip; they are needed only where its positions do not reveal the grid."""
+    describe the source model's clip; they are needed only where its positions do not reveal the grid.
+
+    A state dict that is not a ViT in ``fmt``'s layout raises ValueError naming the first key it lacks."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    bad = [k for k in state if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"not a state dict: key {bad[0]!r} is not a string")
     state = strip_prefix(strip_prefix(state, "module."), "encoder.")  # DDP wrappers; VideoMAE pretraining
+    _check_layout(state, fmt)
+    try:
+        return _convert(state, fmt, num_frames, img_size, num_heads)
+    except KeyError as e:  # a key that the layout pairs with one present (q without k, cls_token without ...)
+        raise _missing(state, fmt, e.args[0]) from None
+
+
+def _convert(state: State, fmt: str, num_frames: int, img_size: int,
+             num_heads: Optional[int]) -> Tuple[State, ConversionReport]:
     attention, positions, heads = FORMATS[fmt]
     out, report = {}, ConversionReport(fmt)
     t_patch, patch = _patch_embed(state, out, report)
