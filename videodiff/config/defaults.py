@@ -139,6 +139,9 @@ _C.VIT.POS_EMBED = "sincos"
 _C.VIT.CLS_TOKEN = False
 # LayerNorm eps of the encoder and head: 1e-6 reproduces MAE / MAE-ST / VideoMAE weights exactly.
 _C.VIT.NORM_EPS = 1e-5
+# The encoder ends with a LayerNorm (MAE, DiffMAE). A linear probe of an l-DAE encoder (the first half of a DiT,
+# folded at a fixed t) sets False: its features are pooled straight into the BatchNorm (l-DAE appendix).
+_C.VIT.FINAL_NORM = True
 
 # ---------------------------------------------------------------- masked pretraining (MAE, DiffMAE)
 _C.MASK = CfgNode()
@@ -179,6 +182,44 @@ _C.MAE = CfgNode()
 # The MAE baseline reuses DIFFMAE.DECODER_DEPTH / DECODER_EMBED_DIM / DECODER_NUM_HEADS, so both run at
 # identical dimensions.
 _C.MAE.NORM_PIX_LOSS = True
+
+# l-DAE (Chen et al., "Deconstructing Denoising Diffusion Models for Self-Supervised Learning"; models/ldae.py).
+# The DiT is sized by VIT.* (its full depth); patches by VIT.PATCH_SIZE / TEMPORAL_PATCH_SIZE. Every choice the paper
+# leaves open is a key here, with the default the paper's final l-DAE uses or, where it is silent, ours (said so).
+_C.LDAE = CfgNode()
+# Patch tokenizer: "pca" (fit with tools/fit_pca.py). AE / VAE / pixel / conv VAE come next.
+_C.LDAE.TOKENIZER = "pca"
+# The fitted tokenizer file (tools/fit_pca.py writes it; a missing or mismatched file stops the run naming it).
+_C.LDAE.TOKENIZER_FILE = ""
+# Latent dimension d per token (paper: 16 or 32 best for 16x16x3 patches).
+_C.LDAE.LATENT_DIM = 16
+# Whiten the PCA latents (divide each component by sqrt(eigenvalue)). The paper does not say. Ours: True, because
+# its schedules (gamma^2 + sigma^2 = 1, sigma up to sqrt(2)) assume unit-variance latents, as DiT's VAE latents are
+# scaled to be; unwhitened, sigma = sqrt(2) hardly touches the first components. Measured both (BENCHMARKS.md).
+_C.LDAE.PCA_WHITEN = True
+# Noise schedule (models/noise_levels.py): "ddpm", "linear_gamma2", "linear_sigma" (final l-DAE) or "single".
+_C.LDAE.SCHEDULE = "linear_sigma"
+_C.LDAE.STEPS = 1000
+# linear_sigma: sigma_t from 0 to SIGMA_MAX (paper: sqrt(2)); single: sigma = SINGLE_SIGMA (paper: sqrt(1/3)).
+_C.LDAE.SIGMA_MAX = 1.4142135623730951
+_C.LDAE.SINGLE_SIGMA = 0.5773502691896257
+# What the network predicts: "eps" (noise, DDPM), "z0" (the clean latent) or "image" (the original image, with the
+# PCA-weighted loss: weight 1 on the first d components, RESIDUAL_WEIGHT on the rest).
+_C.LDAE.PREDICT = "image"
+# Where the network reads and writes: "latent" (tokens of the latent space) or "image" (through the inverse PCA).
+_C.LDAE.INPUT_SPACE = "image"
+_C.LDAE.OUTPUT_SPACE = "image"
+# lambda_t: "auto" is the paper's choice per line (1 for eps; gamma^2; 1 / (1 + sigma^2) once gamma = 1).
+_C.LDAE.LOSS_WEIGHT = "auto"
+_C.LDAE.RESIDUAL_WEIGHT = 0.1
+# The first ENCODER_DEPTH DiT blocks are the encoder that is probed / fine-tuned (0: half, the paper's default).
+_C.LDAE.ENCODER_DEPTH = 0
+# Width of the t-embedding MLP and adaLN input (0: VIT.EMBED_DIM / 4, the paper's appendix).
+_C.LDAE.COND_DIM = 0
+# Class conditioning (only Table 1's first line; the run then uses labels and is not self-supervised).
+_C.LDAE.CLASS_COND = False
+# Probing / fine-tuning an l-DAE checkpoint: the fixed step t whose conditioning is folded into a plain ViT (clean input).
+_C.LDAE.PROBE_T = 10
 
 # ---------------------------------------------------------------- fine-tuning regularisers
 # Mixup / CutMix on training batches (timm's Mixup, "batch" mode), soft targets with label smoothing.

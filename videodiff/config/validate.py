@@ -14,10 +14,13 @@ from videodiff.data.decoding import BACKENDS
 from videodiff.data.randaug import parse_rand_aug  # the one grammar of AUG.RAND_AUG
 from videodiff.engine.optim import LR_POLICIES, OPTIMIZERS
 from videodiff.engine.precision import AMP_DTYPES
-from videodiff.models.build import MODELS
+from videodiff.models.build import MODELS, TOKENIZERS
 from videodiff.models.clip_target import CLIP_ACTS
 from videodiff.models.decoder import DECODERS
 from videodiff.models.diffusion import SCHEDULES
+from videodiff.models.ldae import SPACES
+from videodiff.models.noise_levels import LOSS_WEIGHTS, PREDICTIONS
+from videodiff.models.noise_levels import SCHEDULES as LDAE_SCHEDULES
 from videodiff.models.masking import MASK_KINDS
 from videodiff.models.vit import POS_EMBED_TYPES
 
@@ -84,6 +87,16 @@ _rule(["MIXUP.ALPHA", "MIXUP.CUTMIX_ALPHA"], lambda v: v >= 0, "a number >= 0")
 _rule(["MIXUP.PROB", "MIXUP.SWITCH_PROB"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _rule(["MIXUP.LABEL_SMOOTH_VALUE"], lambda v: 0 <= v < 1, "a number in [0, 1)")
 _rule(["MODEL_EMA.DECAY"], lambda v: 0 < v < 1, "a number in (0, 1)")
+_choice(["LDAE.TOKENIZER"], TOKENIZERS)
+_choice(["LDAE.SCHEDULE"], LDAE_SCHEDULES)
+_choice(["LDAE.PREDICT"], PREDICTIONS)
+_choice(["LDAE.INPUT_SPACE", "LDAE.OUTPUT_SPACE"], SPACES)
+_choice(["LDAE.LOSS_WEIGHT"], LOSS_WEIGHTS)
+_rule(["LDAE.STEPS"], lambda v: v >= 2, "an integer >= 2")
+_rule(["LDAE.LATENT_DIM"], lambda v: v >= 1, "an integer >= 1")
+_rule(["LDAE.ENCODER_DEPTH", "LDAE.COND_DIM", "LDAE.PROBE_T"], lambda v: v >= 0, "an integer >= 0")
+_rule(["LDAE.SIGMA_MAX", "LDAE.SINGLE_SIGMA"], lambda v: v > 0, "a number > 0")
+_rule(["LDAE.RESIDUAL_WEIGHT"], lambda v: v >= 0, "a number >= 0")
 
 
 def _is_rand_aug(value: str) -> bool:

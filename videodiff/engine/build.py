@@ -8,6 +8,7 @@ from typing import List, Optional
 from fvcore.common.config import CfgNode
 from timm.data import Mixup
 
+from videodiff.config import get_defaults
 from videodiff.data import build_loader
 from videodiff.engine import checkpoint as ckpt
 from videodiff.engine.distributed import DistInfo, on_main_rank
@@ -81,7 +82,28 @@ def restore(trainer: Trainer, cfg: CfgNode) -> None:
     elif cfg.TRAIN.CHECKPOINT_FILE_PATH:
         path = cfg.TRAIN.CHECKPOINT_FILE_PATH
         # Not strict: a pretraining checkpoint's decoder is dropped, its positions resized (models/pretrained.py).
-        logger.info(load_pretrained(trainer.model, ckpt.load_state(path, weights_only), path).summary())
+        logger.info(load_pretrained(trainer.model, pretrained_state(cfg, path), path).summary())
+
+
+def pretrained_state(cfg: CfgNode, path: str) -> dict:
+    """TRAIN.CHECKPOINT_FILE_PATH's state for ``load_pretrained``. An l-DAE checkpoint is first folded at the fixed
+    step LDAE.PROBE_T into a plain ViT encoder (``LDAE.export_encoder``), built from the checkpoint's own config."""
+    saved = ckpt.load_state(path, cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)
+    state = saved.get("model", {})
+    if not any(key.startswith("dit.") for key in state):
+        return saved
+    try:
+        source = get_defaults()
+        source.merge_from_other_cfg(CfgNode.load_cfg(saved.get("cfg") or "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds l-DAE weights but not a readable config of its own "
+                                   f"({e}); it is needed to fold the encoder") from None
+    ldae = build_model(source)
+    ckpt.load_model_state(ldae, state, path)
+    t = cfg.LDAE.PROBE_T
+    logger.info(f"{path}: l-DAE encoder (the first {ldae.dit.encoder_depth} of {len(ldae.dit.blocks)} DiT blocks) "
+                f"folded at t = {t} into a plain ViT that reads the clean image")
+    return {"model": {f"encoder.{key}": value for key, value in ldae.export_encoder(t).items()}}
 
 
 def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:

@@ -2,14 +2,17 @@
 import os
 from typing import Callable, Dict, Iterator, NamedTuple, Tuple
 
+import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
 from videodiff.models.classifier import VitClassifier
 from videodiff.models.clip_target import CLIPTarget
 from videodiff.models.diffmae import DiffMAE
+from videodiff.models.ldae import LDAE
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
+from videodiff.models.tokenizers import PatchTokenizer, PCATokenizer
 
 # A broken rule: (config key, what is wrong); config validation adds the key's source and stops.
 ConfigProblems = Iterator[Tuple[str, str]]
@@ -61,7 +64,7 @@ def classifier_args(cfg: CfgNode) -> dict:
 
 
 def _linear_probe_args(cfg: CfgNode) -> dict:
-    return dict(encoder_args(cfg), num_classes=cfg.MODEL.NUM_CLASSES)
+    return dict(encoder_args(cfg), num_classes=cfg.MODEL.NUM_CLASSES, final_norm=cfg.VIT.FINAL_NORM)
 
 
 register_model("VitClassifier", VitClassifier, classifier_args)
@@ -126,6 +129,60 @@ def _mae_args(cfg: CfgNode) -> dict:
 
 register_model("DiffMAE", DiffMAE, _diffmae_args, _diffmae_rules)
 register_model("MAE", MAE, _mae_args, _masked_decoder_rules)
+
+
+def patch_layout(cfg: CfgNode) -> Tuple[int, int, int]:
+    """(t_patch, p, C): the layout of one flat patch (``patchify.py``)."""
+    return cfg.VIT.TEMPORAL_PATCH_SIZE, cfg.VIT.PATCH_SIZE, cfg.VIT.IN_CHANNELS
+
+
+TOKENIZERS = ("pca",)  # LDAE.TOKENIZER values; patch AE / VAE, pixel and conv VAE come next
+
+
+def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
+    """The fitted PCA of LDAE.TOKENIZER_FILE. A dry run without the file gets an identity-basis stand-in (shapes and
+    FLOPs are the same), and says so."""
+    layout, l = patch_layout(cfg), cfg.LDAE
+    big_d = layout[0] * layout[1] * layout[1] * layout[2]
+    if cfg.TRAIN.DRY_RUN and not os.path.isfile(l.TOKENIZER_FILE):
+        print(f"dry run: LDAE.TOKENIZER_FILE {l.TOKENIZER_FILE!r} does not exist; using an identity PCA basis")
+        return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), l.LATENT_DIM, l.PCA_WHITEN)
+    if not l.TOKENIZER_FILE:
+        raise FileNotFoundError("LDAE.TOKENIZER_FILE is empty: fit the tokenizer first with "
+                                "python tools/fit_pca.py --cfg <this config> [KEY VALUE ...]")
+    return PCATokenizer.from_file(l.TOKENIZER_FILE, l.LATENT_DIM, l.PCA_WHITEN, big_d, layout)
+
+
+def _ldae_args(cfg: CfgNode) -> dict:
+    l, v = cfg.LDAE, cfg.VIT
+    return dict(tokenizer=_ldae_tokenizer(cfg), patch_size=v.PATCH_SIZE, t_patch=v.TEMPORAL_PATCH_SIZE,
+                in_chans=v.IN_CHANNELS, embed_dim=v.EMBED_DIM, depth=v.DEPTH, num_heads=v.NUM_HEADS,
+                mlp_ratio=v.MLP_RATIO, encoder_depth=l.ENCODER_DEPTH or None, cond_dim=l.COND_DIM or None,
+                schedule=l.SCHEDULE, num_steps=l.STEPS, sigma_max=l.SIGMA_MAX, single_sigma=l.SINGLE_SIGMA,
+                predict=l.PREDICT, input_space=l.INPUT_SPACE, output_space=l.OUTPUT_SPACE,
+                loss_weight_kind=l.LOSS_WEIGHT, residual_weight=l.RESIDUAL_WEIGHT,
+                num_classes=cfg.MODEL.NUM_CLASSES if l.CLASS_COND else 0)
+
+
+def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
+    """The paper's combinations of target and spaces, and sizes that fit the DiT."""
+    l, layout = cfg.LDAE, patch_layout(cfg)
+    big_d = layout[0] * layout[1] * layout[1] * layout[2]
+    if l.PREDICT == "eps" and l.OUTPUT_SPACE != "latent":
+        yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}, but LDAE.PREDICT eps needs latent (the noise is latent)"
+    if l.PREDICT == "image" and l.OUTPUT_SPACE != "image":
+        yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}, but LDAE.PREDICT image (the original image) needs image"
+    if not 1 <= l.LATENT_DIM <= big_d:
+        yield "LDAE.LATENT_DIM", f"= {l.LATENT_DIM} must lie in 1 .. {big_d} (the values of one {layout} patch)"
+    if l.ENCODER_DEPTH > cfg.VIT.DEPTH:
+        yield "LDAE.ENCODER_DEPTH", f"= {l.ENCODER_DEPTH} exceeds the DiT's VIT.DEPTH = {cfg.VIT.DEPTH}"
+    if l.PROBE_T >= l.STEPS:
+        yield "LDAE.PROBE_T", f"= {l.PROBE_T} is not a step: expected 0 .. LDAE.STEPS - 1 = {l.STEPS - 1}"
+    if cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN:
+        yield "VIT.POS_EMBED", "/ VIT.CLS_TOKEN are for downstream models; LDAE uses sin-cos positions, no class token"
+
+
+register_model("LDAE", LDAE, _ldae_args, _ldae_rules)
 
 
 def build_model(cfg: CfgNode) -> nn.Module:

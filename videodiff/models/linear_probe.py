@@ -10,16 +10,17 @@ from videodiff.models.vit import VisionTransformer
 
 
 class VitLinearProbe(nn.Module):
-    """Frozen ViT (with its pretrained final LayerNorm) + ``LinearProbeHead``; returns ``{"logits", "loss", "acc"}``.
+    """Frozen ViT (with its pretrained final LayerNorm, unless ``final_norm`` is False: an l-DAE encoder has none) +
+    ``LinearProbeHead``; returns ``{"logits", "loss", "acc"}``.
 
     Only ``head.fc`` has trainable parameters (the BatchNorm has none), so the optimizer sees just that layer.
     The encoder stays in eval mode even while the module trains: a frozen feature extractor must not apply
     drop path, and its features must not depend on the batch.
     """
 
-    def __init__(self, num_classes: int, **vit_kwargs):
+    def __init__(self, num_classes: int, final_norm: bool = True, **vit_kwargs):
         super().__init__()
-        self.encoder = VisionTransformer(final_norm=True, **vit_kwargs)
+        self.encoder = VisionTransformer(final_norm=final_norm, **vit_kwargs)
         self.encoder.requires_grad_(False)
         self.head = LinearProbeHead(self.encoder.embed_dim, num_classes)
 
