@@ -69,7 +69,7 @@ def test_video_lists_are_checked_reported_and_cleaned_for_the_real_dataset(tmp_p
     assert bad[0] == ["path", "line", "reason"]
     rows = {os.path.basename(path): (int(line), reason) for path, line, reason in bad[1:]}
     assert set(rows) == {"missing.mp4", "cut.mp4", "folder.mp4", "half.mp4"}
-    assert rows["missing.mp4"] == (4, "file not found") and rows["folder.mp4"] == (6, "is a directory")
+    assert rows["missing.mp4"] == (4, "file not found") and rows["folder.mp4"] == (6, "it is a directory, not a file")
     assert rows["cut.mp4"][0] == 5 and rows["half.mp4"][0] == 7
     assert all(reason for _, reason in rows.values())
     assert bad[1][0] == str(data / "videos" / "missing.mp4")  # the path the dataset opens
@@ -133,7 +133,7 @@ def test_image_folders_are_checked_and_the_cleaned_folder_keeps_labels(tmp_path,
     bad = {os.path.relpath(path, data / "train"): (line, reason)
            for path, line, reason in read_tsv(out / "train_unreadable.tsv")[1:]}
     assert set(bad) == {"cat/c.png", "dog/dir.jpg", "owl/x.jpg"}
-    assert bad["dog/dir.jpg"] == ("", "is a directory") and all(reason for _, reason in bad.values())
+    assert bad["dog/dir.jpg"] == ("", "it is a directory, not a file") and all(reason for _, reason in bad.values())
     report = {os.path.basename(row[0]): row for row in read_tsv(out / "train_report.tsv")[1:]}
     assert report["deep.png"][3:10] == ["ok", "1", "16", "16", "0.000", "0.000", "I;16"]
     assert "scaled to 8 bits by the loader" in report["deep.png"][10]

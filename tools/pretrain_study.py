@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Is there a learning signal? Pretrain DiffMAE or MAE through the real loop, then measure it honestly.
+"""Is there a learning signal? Pretrain DiffMAE, MAE or l-DAE through the real loop, then measure it honestly.
 
 (a) Pretext loss on val (fixed masks, steps and noise) against trivial predictors of the same targets:
     "patch mean" = each masked target patch predicted by its own mean (an oracle constant; for norm_pix targets
@@ -12,7 +12,9 @@
 (c) Linear probe: frozen encoder, all tokens (no masking), mean-pooled -> standardised -> logistic regression
     (scikit-learn), C by 5-fold cross-validation on train, accuracy on test (and on val, and val + test); for
     the pretrained encoder, the same architecture at random init, and raw pixels. Train / val / test items use
-    the test-time transform (centre view).
+    the test-time transform (centre view). An l-DAE's encoder is its DiT's first half folded at LDAE.PROBE_T into a
+    plain ViT reading the clean image (``LDAE.export_encoder``), as its probe configs do; its (a) is the denoising
+    loss on val with fixed steps and noise.
 
 Writes OUTPUT_DIR/study.json and prints it. Training is skipped when OUTPUT_DIR already holds the last epoch
 (auto-resume); --no-train evaluates the newest checkpoint as it is.
@@ -44,10 +46,12 @@ from videodiff.data.kinetics import KineticsDataset  # noqa: E402
 from videodiff.data.transforms import build_transform  # noqa: E402
 from videodiff.engine.checkpoint import find_latest_checkpoint, load_model_state, load_state  # noqa: E402
 from videodiff.engine.launch import run as run_training  # noqa: E402
-from videodiff.models.build import build_model  # noqa: E402
+from videodiff.models.build import build_model, vit_args  # noqa: E402
 from videodiff.models.diffmae import DiffMAE  # noqa: E402
+from videodiff.models.ldae import LDAE  # noqa: E402
 from videodiff.models.masking import gather_tokens  # noqa: E402
 from videodiff.models.patchify import patchify  # noqa: E402
+from videodiff.models.vit import VisionTransformer  # noqa: E402
 
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -136,8 +140,20 @@ def inpainting(model: DiffMAE, clip, mask, gen, sample_steps, mean, std) -> dict
 
 
 @torch.no_grad()
+def ldae_pretext(model: LDAE, cfg, seed: int = 0) -> dict:
+    """(a) for l-DAE: its training loss on val, with the steps and noise fixed by ``seed``."""
+    torch.manual_seed(seed)
+    total, count = 0.0, 0
+    for clip, label in batches(cfg, "val"):
+        total += float(model(clip, label)["loss"]) * len(clip)
+        count += len(clip)
+    return {"pretext_loss": {"denoising": round(total / count, 5)}}
+
+
 def evaluate_pretext(cfg, model, sample_steps, seed: int = 0) -> dict:
     """(a) and, for pixel-target DiffMAE, (b) on the val split with fixed masks, steps and noise."""
+    if isinstance(model, LDAE):
+        return ldae_pretext(model, cfg, seed)
     gen = torch.Generator().manual_seed(seed)
     losses, psnrs, count = {}, {}, 0
     for clip, _ in batches(cfg, "val"):
@@ -194,9 +210,18 @@ def load_pretrained(cfg, path: str = ""):
     return model.eval(), path
 
 
+def probe_encoder(cfg, model):
+    """The encoder a probe reads: DiffMAE's / MAE's ``encoder``; an l-DAE's DiT encoder folded at LDAE.PROBE_T."""
+    if not isinstance(model, LDAE):
+        return model.encoder
+    vit = VisionTransformer(**dict(vit_args(cfg), depth=model.dit.encoder_depth), norm_eps=1e-6, final_norm=False)
+    vit.load_state_dict(model.export_encoder(cfg.LDAE.PROBE_T))
+    return vit.eval()
+
+
 def random_encoder(cfg):
     torch.manual_seed(cfg.RNG_SEED)  # the same initial weights the pretraining run started from
-    return build_model(cfg).eval().encoder
+    return probe_encoder(cfg, build_model(cfg).eval())
 
 
 def study(cfg, sample_steps, train_seconds, checkpoint: str = "") -> dict:
@@ -206,7 +231,8 @@ def study(cfg, sample_steps, train_seconds, checkpoint: str = "") -> dict:
         result["steps_with_sqrt_alpha_bar_below_0.05"] = model.diffusion.fraction_of_steps_with_low_signal(0.05)
     tick = time.perf_counter()
     result.update(evaluate_pretext(cfg, model, sample_steps))
-    result["probe"] = {"pretrained": probe(cfg, model.encoder), "random_init": probe(cfg, random_encoder(cfg)),
+    result["probe"] = {"pretrained": probe(cfg, probe_encoder(cfg, model)),
+                       "random_init": probe(cfg, random_encoder(cfg)),
                        "raw_pixels": probe(cfg, None)}
     result["eval_seconds"] = round(time.perf_counter() - tick, 1)
     return result

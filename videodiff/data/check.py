@@ -33,7 +33,7 @@ from videodiff.data.build import build_dataset
 from videodiff.data.decoding import open_video
 from videodiff.data.imagefolder import ImageFolderClips, _read_image
 from videodiff.data.kinetics import SPLITS, KineticsDataset
-from videodiff.data.media_errors import ImageDecodeError, MediaError, VideoDecodeError
+from videodiff.data.media_errors import ImageDecodeError, MediaError
 from videodiff.data.media_files import media_source
 
 # Seconds one entry may take before its worker is killed and the entry reported as hung.
@@ -119,8 +119,6 @@ def checker(kind: str, backend: str) -> Callable[[str], Facts]:
 # ---------------------------------------------------------------- one entry
 def check_video(path: str, backend: str) -> Facts:
     """Open ``path`` with ``backend``, read its timestamps, decode its first and last frames."""
-    if g_pathmgr.isdir(path):
-        raise VideoDecodeError(path, "is a directory")
     with open_video(path, backend) as video:
         count = video.num_frames
         stamps = video.timestamps()
@@ -134,8 +132,6 @@ def check_video(path: str, backend: str) -> Facts:
 
 def check_image(path: str) -> Facts:
     """Decode ``path`` as the image-folder dataset does; warn about modes its RGB conversion distorts."""
-    if g_pathmgr.isdir(path):
-        raise ImageDecodeError(path, "is a directory")
     rgb = _read_image(path)  # [1, H, W, 3]; the dataset's own reader, so the verdict is the dataset's
     source = media_source(path, ImageDecodeError)
     try:

@@ -46,11 +46,12 @@ def read_video_list(
     """
     if not g_pathmgr.exists(csv_path):
         raise FileNotFoundError(f"video list not found: {csv_path}")
-    if g_pathmgr.isdir(csv_path):
+    try:  # opening, not isdir(): remote PathHandlers need not implement isdir
+        with g_pathmgr.open(csv_path, "rb") as f:
+            lines = _decode_lines(f.read(), csv_path)
+    except IsADirectoryError:
         raise VideoListError(f"{csv_path}: is a folder, not a video list file (expected a text file of "
-                             f"'path{separator}label' lines)")
-    with g_pathmgr.open(csv_path, "rb") as f:
-        lines = _decode_lines(f.read(), csv_path)
+                             f"'path{separator}label' lines)") from None
     root = path_prefix or (base_dir if base_dir is not None else _parent(csv_path))
     entries, problems = [], []
     for number, line in enumerate(lines, start=1):
