@@ -20,6 +20,12 @@ TINY_OPTS = [
 ]
 
 
+def opts(data_dir, out, epochs, *extra):
+    """TINY_OPTS for a run of ``epochs`` epochs on ``data_dir`` into ``out``, without the final test."""
+    return [*TINY_OPTS, "DATA.PATH_TO_DATA_DIR", data_dir, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", str(epochs),
+            "TEST.ENABLE", "False", *map(str, extra)]
+
+
 def make_tiny_demo(root) -> str:
     from videodiff.data.demo import make_demo_dataset
 

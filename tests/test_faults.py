@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from cli_helpers import (CFG, ROOT, RUNNER, TINY_OPTS, env_for_subprocess, free_port, logged_steps, run_net, start,
-                         train_steps, wait_for)
+from cli_helpers import (CFG, ROOT, RUNNER, TINY_OPTS, env_for_subprocess, free_port, logged_steps, opts, run_net,
+                         start, train_steps, wait_for)
 
 from videodiff.data.demo import make_demo_dataset
 from videodiff.engine import checkpoint as ckpt
@@ -24,11 +24,6 @@ def data_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("faults") / "demo")
     make_demo_dataset(out, seed=1, num_train=48, num_val=4, num_test=4)  # 12 steps per epoch at batch 4
     return out
-
-
-def opts(data_dir, out, epochs, *extra):
-    return [*TINY_OPTS, "DATA.PATH_TO_DATA_DIR", data_dir, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", str(epochs),
-            "TEST.ENABLE", "False", *map(str, extra)]
 
 
 def final_params(out, epoch):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from cli_helpers import CFG, ROOT, TINY_OPTS, logged_steps, read_stats, run_net, start, wait_for
+from cli_helpers import CFG, ROOT, logged_steps, opts, read_stats, run_net, start, wait_for
 
 from videodiff.data.demo import make_demo_dataset
 from videodiff.engine import checkpoint as ckpt
@@ -21,11 +21,6 @@ def data_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("reliability") / "demo")
     make_demo_dataset(out, seed=2, num_train=48, num_val=4, num_test=4)  # 12 steps per epoch at batch 4
     return out
-
-
-def opts(data_dir, out, epochs, *extra):
-    return [*TINY_OPTS, "DATA.PATH_TO_DATA_DIR", data_dir, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", str(epochs),
-            "TEST.ENABLE", "False", *map(str, extra)]
 
 
 def checkpoints(out):
