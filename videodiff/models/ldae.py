@@ -95,14 +95,18 @@ class LDAE(nn.Module):
 
     def forward(self, clip: torch.Tensor, label: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """clip [B, C, T, H, W] -> {"loss"}; ``label`` is used only by the class-conditional DiT (Table 1, line 1)."""
-        x0 = patchify(clip, self.t_patch, self.patch_size)                         # [B, N, D]
-        z0 = self.tokenizer.encode(x0)                                              # [B, N, d]
-        t = torch.randint(0, self.num_steps, (clip.shape[0],), device=clip.device)
-        eps = torch.randn_like(z0)
-        z_t = self.add_noise(z0, t, eps)
+        # The tokenizer and the loss stay in float32 under mixed precision: PCA projections and the residue's
+        # small components are what bf16 would round away.
+        with torch.autocast(clip.device.type, enabled=False):
+            x0 = patchify(clip.float(), self.t_patch, self.patch_size)             # [B, N, D]
+            z0 = self.tokenizer.encode(x0)                                          # [B, N, d]
+            t = torch.randint(0, self.num_steps, (clip.shape[0],), device=clip.device)
+            eps = torch.randn_like(z0)
+            inputs = self.network_input(self.add_noise(z0, t, eps))
         cond = label if self.dit.num_classes else None
-        pred = self.dit(self.network_input(z_t), t, self.grid(clip), cond)         # [B, N, d or D]
-        return {"loss": self.forward_loss(pred, x0, z0, eps, t)}
+        pred = self.dit(inputs, t, self.grid(clip), cond)                           # [B, N, d or D]
+        with torch.autocast(clip.device.type, enabled=False):
+            return {"loss": self.forward_loss(pred, x0, z0, eps, t)}
 
     # ------------------------------------------------------------------ probing and fine-tuning
     @torch.no_grad()
