@@ -36,8 +36,8 @@ class Trainer:
                  max_consecutive_skips: int = 10, seed: int = 0, stats: Optional[StatsWriter] = None):
         self.model, self.loader, self.optimizer, self.info = model, loader, optimizer, info
         self.max_epoch, self.output_dir, self.config_text = max_epoch, output_dir, config_text
-        self.precision, self.clip_grad, self.skip_nonfinite_loss, self.seed = precision, clip_grad, \
-            skip_nonfinite_loss, seed
+        self.precision, self.clip_grad, self.seed = precision, clip_grad, seed
+        self.skip_nonfinite_loss, self.max_consecutive_skips = skip_nonfinite_loss, max_consecutive_skips
         self.stats = stats or StatsWriter(output_dir, info.is_main, tensorboard=False)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler(info.device))
         self.hooks: List[Hook] = []
@@ -45,7 +45,6 @@ class Trainer:
         self.iters_per_epoch = len(loader)  # the full epoch, also when resuming part-way through one
         self.saved_rng: Optional[list] = None
         self.skipped_steps = self.consecutive_skips = 0
-        self.max_consecutive_skips = max_consecutive_skips
         self.last_checkpoint = ""
         self.data_time = self.step_time = 0.0
         self.steps_this_run, self._run_start = 0, time.perf_counter()
