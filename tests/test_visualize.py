@@ -83,3 +83,30 @@ def test_grid_helpers_sizes_and_pixel_mask():
     assert tile(cells).shape == (2 * 4 + GAP, 3 * 6 + 2 * GAP, 3)
     mask = pixel_mask(torch.tensor([True, False, False, True]), (2, 1, 2), t_patch=2, patch=3)
     assert mask.shape == (4, 3, 6) and mask[0, :, :3].all() and not mask[0, :, 3:].any() and mask[3, :, 3:].all()
+
+
+def test_ldae_figures_noise_denoising_and_filters(demo, tmp_path):
+    """An l-DAE checkpoint gets its paper's Figs. 6-8: clean | (pixel, latent) noise per sigma; clean | (noisy,
+    denoised) per step; the PCA's first 32 directions as 8 x 8 x 3 filters."""
+    from videodiff.models.tokenizers import PCAAccumulator, save_pca
+
+    acc = PCAAccumulator(192)
+    acc.update(torch.randn(1000, 192, dtype=torch.float64))
+    pca = str(tmp_path / "pca.pth")
+    save_pca(pca, *acc.finish(), layout=(1, 8, 3), num_patches=1000, source="test")
+    opts = TINY_OPTS + IMAGES + ["MODEL.MODEL_NAME", "LDAE", "VIT.DEPTH", "2", "LDAE.TOKENIZER_FILE", pca,
+                                 "LDAE.STEPS", "100",
+                                 "DATA.PATH_TO_DATA_DIR", os.path.join(demo, "images"),
+                                 "OUTPUT_DIR", str(tmp_path / "run")]
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "run"), 1, build_model(load_config(None, opts)))
+    assert tool.main(["--cfg", os.path.join(ROOT, "configs/demo/ldae_tiny_images.yaml"), "--num", "2",
+                      "--sigmas", "0.5,1.0", "--ldae-steps", "0,50,99", *opts]) == 0
+    vis = tmp_path / "run" / "vis"
+    noise = np.asarray(Image.open(vis / "ldae_noise.png"))
+    assert noise.shape == (2 * 32 + GAP, 5 * 32 + 4 * GAP, 3)                 # clean + 2 sigmas x (pixel, latent)
+    assert np.array_equal(cell(noise, 0, 0), cell(np.asarray(Image.open(vis / "ldae_denoising.png")), 0, 0))
+    assert not np.array_equal(cell(noise, 0, 1), cell(noise, 0, 2))          # pixel and latent noise differ
+    denoising = np.asarray(Image.open(vis / "ldae_denoising.png"))
+    assert denoising.shape == (2 * 32 + GAP, 7 * 32 + 6 * GAP, 3)             # clean + 3 steps x (noisy, denoised)
+    assert np.asarray(Image.open(vis / "ldae_filters.png")).shape == (4 * 32 + 3 * GAP, 8 * 32 + 7 * GAP, 3)

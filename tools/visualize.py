@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """DiffMAE generation figures from a checkpoint: mask, run the reverse process over the masked tokens only
-(the encoder runs once), write PNG grids (and MP4 / GIF for video).
+(the encoder runs once), write PNG grids (and MP4 / GIF for video). For an l-DAE checkpoint, its paper's Figs. 6-8.
 
 Images: OUT/images.png, one row per sample: original | masked | t=1000 | t=500 | t=0.
 Videos: OUT/video_000.png (rows original / masked / output, frames at temporal stride 2) and OUT/video_000.mp4.
+l-DAE: OUT/ldae_noise.png (clean | pixel noise | latent noise, per --sigmas), OUT/ldae_denoising.png (clean | noisy
+input | denoised, per --ldae-steps) and OUT/ldae_filters.png (the PCA's first 32 directions as p x p x 3 images).
 
 Examples:
   python tools/visualize.py --cfg configs/demo/diffmae_tiny.yaml
   python tools/visualize.py --cfg configs/demo/diffmae_tiny.yaml --num 8 --mask center --mask-ratio 0.25 \\
       --steps 100 --out /tmp/vis OUTPUT_DIR output/demo_diffmae
+  python tools/visualize.py --cfg configs/demo/ldae_tiny_images.yaml --num 6
 """
 import argparse
 import os
@@ -24,8 +27,11 @@ from videodiff.data import build_dataset  # noqa: E402
 from videodiff.engine.checkpoint import (CheckpointError, find_latest_checkpoint, load_model_state,  # noqa: E402
                                          load_state)
 from videodiff.models.build import build_model  # noqa: E402
+from videodiff.models.diffmae import DiffMAE  # noqa: E402
+from videodiff.models.ldae import LDAE  # noqa: E402
 from videodiff.models.masking import MASK_KINDS, build_mask  # noqa: E402
 from videodiff.visualize import render  # noqa: E402
+from videodiff.visualize_ldae import render_ldae  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask and the sampling noise")
     parser.add_argument("--video-format", default="mp4", choices=("mp4", "gif"), help="movie format for video")
     parser.add_argument("--out", default="", help="output folder (default OUTPUT_DIR/vis)")
+    parser.add_argument("--sigmas", default="0.5,1.0,1.4142", help="l-DAE: noise levels of the noise figure")
+    parser.add_argument("--ldae-steps", default="", help="l-DAE: steps t of the denoising figure (default 0, T/4, T/2, "
+                                                          "T-1)")
     parser.add_argument("overrides", nargs="*", help="KEY VALUE config overrides")
     return parser.parse_intermixed_args(argv)
 
@@ -47,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(cfg, path: str) -> torch.nn.Module:
     """The config's model with the checkpoint's weights; refuses models that cannot generate."""
     model = build_model(cfg)
-    if not hasattr(model, "generate"):
-        raise ConfigError(f"MODEL.MODEL_NAME = {cfg.MODEL.MODEL_NAME} cannot generate; visualize needs DiffMAE")
+    if not isinstance(model, (DiffMAE, LDAE)):
+        raise ConfigError(f"MODEL.MODEL_NAME = {cfg.MODEL.MODEL_NAME} has no figures; visualize needs DiffMAE or LDAE")
     load_model_state(model, load_state(path, cfg.TRAIN.CHECKPOINT_WEIGHTS_ONLY)["model"], path)
     return model.eval()
 
@@ -72,11 +81,16 @@ def main(argv=None) -> int:
         model = load_model(cfg, path)
         clips = spread_clips(cfg, args.split, args.num)
         generator = torch.Generator().manual_seed(args.seed)
-        ratio = cfg.MASK.RATIO if args.mask_ratio is None else args.mask_ratio
-        mask = build_mask(args.mask, len(clips), model.grid(clips), ratio, generator=generator)
         out_dir = args.out or os.path.join(cfg.OUTPUT_DIR, "vis")
-        paths = render(model, clips, mask, out_dir, cfg.DATA.MEAN, cfg.DATA.STD, args.steps, generator,
-                       args.video_format)
+        if isinstance(model, LDAE):
+            steps = [int(t) for t in args.ldae_steps.split(",") if t]
+            sigmas = [float(s) for s in args.sigmas.split(",") if s]
+            paths = render_ldae(model, clips, out_dir, cfg.DATA.MEAN, cfg.DATA.STD, generator, sigmas, steps)
+        else:
+            ratio = cfg.MASK.RATIO if args.mask_ratio is None else args.mask_ratio
+            mask = build_mask(args.mask, len(clips), model.grid(clips), ratio, generator=generator)
+            paths = render(model, clips, mask, out_dir, cfg.DATA.MEAN, cfg.DATA.STD, args.steps, generator,
+                           args.video_format)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
