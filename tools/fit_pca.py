@@ -5,12 +5,13 @@ The train loader is built from the config exactly as training builds it (same au
 normalisation, VIT.TEMPORAL_PATCH_SIZE x VIT.PATCH_SIZE^2 x VIT.IN_CHANNELS patches in patchify's layout). Up to
 --patches-per-clip random patches of each clip (drawn with RNG_SEED) are added to a streaming fit, O(D^2)
 memory, until --num-patches are reached; if one pass over the split is not enough, the tool says so and passes
-over it again (new crops, new draws) as often as needed. It writes the full basis (any d loads from the one
+over it again (new crops, new draws) as often as needed (videodiff/data/patches.py, shared with
+tools/fit_tokenizer.py). It writes the full basis (any d loads from the one
 file) and prints, per d, the fraction of the variance kept and the mean squared reconstruction error per value
 of the fit patches, in normalised units.
 
-Output: --out, else the config's LDAE.TOKENIZER_FILE when set, else OUTPUT_DIR/pca.pth. Options come before the
-KEY VALUE overrides. Exit status 0, or 2 with one line for a usage, config or data error.
+Output: --out, else the config's LDAE.TOKENIZER_FILE when set and LDAE.TOKENIZER is pca, else OUTPUT_DIR/pca.pth.
+Options come before the KEY VALUE overrides. Exit status 0, or 2 with one line for a usage, config or data error.
 
 Examples:
   python tools/fit_pca.py --cfg configs/demo/diffmae_tiny_images.yaml --num-patches 100000 --out output/pca.pth
@@ -20,7 +21,6 @@ Examples:
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,8 +28,8 @@ import videodiff  # noqa: E402,F401  (installs the pytorchvideo compat shim firs
 import torch  # noqa: E402
 
 from videodiff.config import load_config  # noqa: E402
-from videodiff.data.loader import build_loader, set_loader_epoch  # noqa: E402
-from videodiff.models.patchify import patchify  # noqa: E402
+from videodiff.data.patches import TrainPatches  # noqa: E402
+from videodiff.models.build import patch_layout  # noqa: E402
 from videodiff.models.tokenizers import PCAAccumulator, save_pca  # noqa: E402
 
 REPORT_DIMS = (4, 8, 16, 32, 64, 128)
@@ -49,8 +49,8 @@ def parse_args(argv=None):
                         help="patches to fit on (default %(default)s)")
     parser.add_argument("--patches-per-clip", type=positive_int, default=64,
                         help="random patches drawn from each clip, at most its patch count (default %(default)s)")
-    parser.add_argument("--out", default="", help="the PCA file (default: LDAE.TOKENIZER_FILE, else "
-                                                  "OUTPUT_DIR/pca.pth)")
+    parser.add_argument("--out", default="", help="the PCA file (default: LDAE.TOKENIZER_FILE of a pca config, "
+                                                  "else OUTPUT_DIR/pca.pth)")
     parser.add_argument("--batches-per-log", type=positive_int, default=50,
                         help="a progress line every K batches (default %(default)s)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -58,53 +58,20 @@ def parse_args(argv=None):
 
 
 def output_path(cfg, out: str) -> str:
-    """--out, else LDAE.TOKENIZER_FILE if the config has it set, else OUTPUT_DIR/pca.pth."""
-    configured = getattr(getattr(cfg, "LDAE", None), "TOKENIZER_FILE", "")
+    """--out, else LDAE.TOKENIZER_FILE if the config has it set for a PCA (never an AE / VAE config's file), else
+    OUTPUT_DIR/pca.pth."""
+    ldae = getattr(cfg, "LDAE", None)
+    configured = getattr(ldae, "TOKENIZER_FILE", "") if getattr(ldae, "TOKENIZER", "pca") == "pca" else ""
     return out or configured or os.path.join(cfg.OUTPUT_DIR, "pca.pth")
-
-
-def patch_layout(cfg) -> tuple:
-    """(t_patch, p, C) of the config's patches."""
-    return cfg.VIT.TEMPORAL_PATCH_SIZE, cfg.VIT.PATCH_SIZE, cfg.VIT.IN_CHANNELS
-
-
-def sample_patches(clip: torch.Tensor, layout: tuple, per_clip: int, generator: torch.Generator) -> torch.Tensor:
-    """clip [B, C, T, H, W] -> [B·k, D]: k = min(per_clip, N) distinct random patches of each clip."""
-    t_patch, p, channels = layout
-    if clip.shape[1] != channels:
-        raise ValueError(f"the loader's clips have {clip.shape[1]} channels but VIT.IN_CHANNELS = {channels}")
-    patches = patchify(clip, t_patch, p)                                   # [B, N, D]
-    b, n, dim = patches.shape
-    index = torch.rand(b, n, generator=generator).argsort(dim=1)[:, :min(per_clip, n)]
-    return patches.gather(1, index.unsqueeze(-1).expand(-1, -1, dim)).reshape(-1, dim)
 
 
 def fit(cfg, num_patches: int, per_clip: int, batches_per_log: int) -> tuple:
     """Stream train patches into a PCAAccumulator until num_patches. Returns (accumulator, passes over the split)."""
-    layout = patch_layout(cfg)
-    acc = PCAAccumulator(layout[0] * layout[1] ** 2 * layout[2])
-    loader = build_loader(cfg, "train", 0, 1)
-    generator = torch.Generator().manual_seed(cfg.RNG_SEED)
-    start, step, epoch = time.perf_counter(), 0, 0
-    while acc.count < num_patches:
-        set_loader_epoch(loader, epoch)
-        before = acc.count
-        for batch in loader:
-            acc.update(sample_patches(batch["clip"], layout, per_clip, generator)[:num_patches - acc.count])
-            step += 1
-            if step % batches_per_log == 0:
-                print(f"batch {step} (pass {epoch + 1}): {acc.count:,} / {num_patches:,} patches, "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
-            if acc.count >= num_patches:
-                break
-        epoch += 1
-        if acc.count == before:
-            raise ValueError("the train loader gave no batches")
-        if epoch == 1 and acc.count < num_patches:
-            passes = -(-num_patches // acc.count)
-            print(f"one pass over the train split gives {acc.count:,} patches, fewer than {num_patches:,}: passing "
-                  f"over it again with new crops and patch draws, {passes} passes in all", flush=True)
-    return acc, epoch
+    patches = TrainPatches(cfg, patch_layout(cfg), num_patches, per_clip, batches_per_log)
+    acc = PCAAccumulator(patches.D)
+    for chunk in patches:
+        acc.update(chunk)
+    return acc, patches.passes
 
 
 def report(eigenvalues: torch.Tensor) -> list:

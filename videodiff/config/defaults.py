@@ -187,15 +187,20 @@ _C.MAE.NORM_PIX_LOSS = True
 # The DiT is sized by VIT.* (its full depth); patches by VIT.PATCH_SIZE / TEMPORAL_PATCH_SIZE. Every choice the paper
 # leaves open is a key here, with the default the paper's final l-DAE uses or, where it is silent, ours (said so).
 _C.LDAE = CfgNode()
-# Patch tokenizer: "pca" (fit with tools/fit_pca.py). AE / VAE / pixel / conv VAE come next.
+# Patch tokenizer (paper Sec. 4.2, models/tokenizers.py): "pca" (fit with tools/fit_pca.py), "ae" / "vae" (linear
+# patch AE / VAE, fit with tools/fit_tokenizer.py --kind ae|vae), "pixel" (the identity on patches, Fig. 4: nothing
+# to fit; d = D, chosen through DATA.TRAIN_CROP_SIZE and VIT.PATCH_SIZE). The conv VAE comes next.
 _C.LDAE.TOKENIZER = "pca"
-# The fitted tokenizer file (tools/fit_pca.py writes it; a missing or mismatched file stops the run naming it).
+# The fitted tokenizer file (tools/fit_pca.py / fit_tokenizer.py write it; a missing or mismatched file stops the run
+# naming it). One PCA file serves every d; an AE / VAE file is fitted for one d. Not read for "pixel".
 _C.LDAE.TOKENIZER_FILE = ""
-# Latent dimension d per token (paper: 16 or 32 best for 16x16x3 patches).
+# Latent dimension d per token (paper: 16 or 32 best for 16x16x3 patches). "pixel" requires d = D = t_patch x p^2 x C.
 _C.LDAE.LATENT_DIM = 16
 # Whiten the PCA latents (divide each component by sqrt(eigenvalue)). The paper does not say. Ours: True, because
 # its schedules (gamma^2 + sigma^2 = 1, sigma up to sqrt(2)) assume unit-variance latents, as DiT's VAE latents are
 # scaled to be; unwhitened, sigma = sqrt(2) hardly touches the first components. Measured both (BENCHMARKS.md).
+# Only "pca" reads it. The patch AE / VAE always divide each latent component by its RMS on the fit patches (the
+# same unit-variance aim; an AE latent has no scale of its own), and "pixel" uses the normalised pixels as they are.
 _C.LDAE.PCA_WHITEN = True
 # Noise schedule (models/noise_levels.py): "ddpm", "linear_gamma2", "linear_sigma" (final l-DAE) or "single".
 _C.LDAE.SCHEDULE = "linear_sigma"

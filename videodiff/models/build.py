@@ -12,7 +12,8 @@ from videodiff.models.diffmae import DiffMAE
 from videodiff.models.ldae import LDAE
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
-from videodiff.models.tokenizers import PatchTokenizer, PCATokenizer
+from videodiff.models.tokenizers import (PatchAETokenizer, PatchTokenizer, PatchVAETokenizer, PCATokenizer,
+                                         PixelTokenizer, fit_command)
 
 # A broken rule: (config key, what is wrong); config validation adds the key's source and stops.
 ConfigProblems = Iterator[Tuple[str, str]]
@@ -136,21 +137,33 @@ def patch_layout(cfg: CfgNode) -> Tuple[int, int, int]:
     return cfg.VIT.TEMPORAL_PATCH_SIZE, cfg.VIT.PATCH_SIZE, cfg.VIT.IN_CHANNELS
 
 
-TOKENIZERS = ("pca",)  # LDAE.TOKENIZER values; patch AE / VAE, pixel and conv VAE come next
+# LDAE.TOKENIZER values (models/tokenizers.py); the conv VAE comes next. "ae" / "vae" read a file of their kind.
+TOKENIZERS = ("pca", "ae", "vae", "pixel")
+_FILE_TOKENIZERS = {"ae": PatchAETokenizer, "vae": PatchVAETokenizer}
 
 
 def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
-    """The fitted PCA of LDAE.TOKENIZER_FILE. A dry run without the file gets an identity-basis stand-in (shapes and
-    FLOPs are the same), and says so."""
+    """LDAE.TOKENIZER's tokenizer: the fitted PCA / patch AE / patch VAE of LDAE.TOKENIZER_FILE, or the pixel
+    identity (no file; LDAE.TOKENIZER_FILE is not read). A dry run without the file gets an identity-basis
+    stand-in of the same kind and sizes (shapes and FLOPs are the same), and says so."""
     layout, l = patch_layout(cfg), cfg.LDAE
     big_d = layout[0] * layout[1] * layout[1] * layout[2]
+    if l.TOKENIZER == "pixel":
+        return PixelTokenizer(big_d)
     if cfg.TRAIN.DRY_RUN and not os.path.isfile(l.TOKENIZER_FILE):
-        print(f"dry run: LDAE.TOKENIZER_FILE {l.TOKENIZER_FILE!r} does not exist; using an identity PCA basis")
-        return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), l.LATENT_DIM, l.PCA_WHITEN)
+        print(f"dry run: LDAE.TOKENIZER_FILE {l.TOKENIZER_FILE!r} does not exist; using an identity-basis "
+              f"{l.TOKENIZER} stand-in")
+        if l.TOKENIZER == "pca":
+            return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), l.LATENT_DIM, l.PCA_WHITEN)
+        eye = torch.eye(big_d)[:l.LATENT_DIM]
+        return _FILE_TOKENIZERS[l.TOKENIZER](torch.zeros(big_d), eye, eye, torch.ones(l.LATENT_DIM))
     if not l.TOKENIZER_FILE:
-        raise FileNotFoundError("LDAE.TOKENIZER_FILE is empty: fit the tokenizer first with "
-                                "python tools/fit_pca.py --cfg <this config> [KEY VALUE ...]")
-    return PCATokenizer.from_file(l.TOKENIZER_FILE, l.LATENT_DIM, l.PCA_WHITEN, big_d, layout)
+        raise FileNotFoundError(f"LDAE.TOKENIZER_FILE is empty: fit the tokenizer first with "
+                                f"python {fit_command(l.TOKENIZER).replace('<config>', '<this config>')} "
+                                f"[KEY VALUE ...]")
+    if l.TOKENIZER == "pca":
+        return PCATokenizer.from_file(l.TOKENIZER_FILE, l.LATENT_DIM, l.PCA_WHITEN, big_d, layout)
+    return _FILE_TOKENIZERS[l.TOKENIZER].from_file(l.TOKENIZER_FILE, l.LATENT_DIM, big_d, layout)
 
 
 def _ldae_args(cfg: CfgNode) -> dict:
@@ -174,8 +187,14 @@ def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
         yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}, but LDAE.PREDICT image (the original image) needs image"
     if not 1 <= l.LATENT_DIM <= big_d:
         yield "LDAE.LATENT_DIM", f"= {l.LATENT_DIM} must lie in 1 .. {big_d} (the values of one {layout} patch)"
+    elif l.TOKENIZER == "pixel" and l.LATENT_DIM != big_d:
+        yield "LDAE.LATENT_DIM", (f"= {l.LATENT_DIM}, but LDAE.TOKENIZER pixel keeps every value of a {layout} "
+                                  f"patch: set it to {big_d} (t_patch x p x p x C; choose d through "
+                                  f"DATA.TRAIN_CROP_SIZE and VIT.PATCH_SIZE)")
     if l.ENCODER_DEPTH > cfg.VIT.DEPTH:
         yield "LDAE.ENCODER_DEPTH", f"= {l.ENCODER_DEPTH} exceeds the DiT's VIT.DEPTH = {cfg.VIT.DEPTH}"
+    if not l.ENCODER_DEPTH and cfg.VIT.DEPTH < 2:
+        yield "VIT.DEPTH", f"= {cfg.VIT.DEPTH}: the DiT needs 2 or more blocks for its encoder to be the first half"
     if l.PROBE_T >= l.STEPS:
         yield "LDAE.PROBE_T", f"= {l.PROBE_T} is not a step: expected 0 .. LDAE.STEPS - 1 = {l.STEPS - 1}"
     if cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN:

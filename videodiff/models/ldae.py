@@ -127,8 +127,8 @@ class LDAE(nn.Module):
 
 
 def affine_map(tokenizer: PatchTokenizer):
-    """(A [d, D], c [d]) with tokenizer.encode(x) = x A^T + c, for a linear tokenizer (PCA, patch AE)."""
-    eye = torch.eye(tokenizer.D, device=next(iter(tokenizer.buffers())).device)
+    """(A [d, D], c [d]) with tokenizer.encode(x) = x A^T + c, for a linear tokenizer (PCA, patch AE / VAE, pixel)."""
+    eye = torch.eye(tokenizer.D, device=next(iter(tokenizer.buffers()), torch.empty(0)).device)  # pixel: no buffers
     c = tokenizer.encode(torch.zeros(1, 1, tokenizer.D, device=eye.device))[0, 0]
     return (tokenizer.encode(eye[None])[0] - c).T, c
 
@@ -145,4 +145,4 @@ def check_ldae_choices(predict: str, input_space: str, output_space: str, tokeni
         raise ValueError("LDAE.PREDICT image (the original image) needs LDAE.OUTPUT_SPACE image")
     if predict == "image" and not hasattr(tokenizer, "full_coefficients"):
         raise ValueError(f"LDAE.PREDICT image weighs the residue in the tokenizer's full basis, which "
-                         f"{type(tokenizer).__name__} does not have (use the PCA tokenizer)")
+                         f"{type(tokenizer).__name__} does not have (use the PCA or pixel tokenizer)")
