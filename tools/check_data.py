@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import videodiff  # noqa: E402,F401  (installs the pytorchvideo compat shim first)
+from videodiff.cli import run_reporting_errors  # noqa: E402
 from videodiff.config import load_config  # noqa: E402
 from videodiff.data.check import (  # noqa: E402
     DEFAULT_TIMEOUT, check_paths, checker, copy_unchecked, dataset_name, existing_splits, list_entries,
@@ -129,11 +130,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError, list and dataset errors are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import videodiff  # noqa: E402,F401  (installs the pytorchvideo compat shim first)
 import torch  # noqa: E402
 
+from videodiff.cli import run_reporting_errors  # noqa: E402
 from videodiff.config import load_config  # noqa: E402
 from videodiff.data.patches import TrainPatches  # noqa: E402
 from videodiff.models.build import patch_layout  # noqa: E402
@@ -105,11 +106,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:  # ConfigError, dataset and fit errors are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: run(args))
 
 
 if __name__ == "__main__":
