@@ -9,7 +9,7 @@ from torch import nn
 from videodiff.models.classifier import VitClassifier
 from videodiff.models.clip_target import CLIPTarget
 from videodiff.models.diffmae import DiffMAE
-from videodiff.models.ldae import LDAE
+from videodiff.models.ldae import LDAE, output_space_problem
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
 from videodiff.models.tokenizers import (PatchAETokenizer, PatchTokenizer, PatchVAETokenizer, PCATokenizer,
@@ -181,10 +181,9 @@ def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
     """The paper's combinations of target and spaces, and sizes that fit the DiT."""
     l, layout = cfg.LDAE, patch_layout(cfg)
     big_d = layout[0] * layout[1] * layout[1] * layout[2]
-    if l.PREDICT == "eps" and l.OUTPUT_SPACE != "latent":
-        yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}, but LDAE.PREDICT eps needs latent (the noise is latent)"
-    if l.PREDICT == "image" and l.OUTPUT_SPACE != "image":
-        yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}, but LDAE.PREDICT image (the original image) needs image"
+    problem = output_space_problem(l.PREDICT, l.OUTPUT_SPACE)
+    if problem:
+        yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}: {problem}"
     if not 1 <= l.LATENT_DIM <= big_d:
         yield "LDAE.LATENT_DIM", f"= {l.LATENT_DIM} must lie in 1 .. {big_d} (the values of one {layout} patch)"
     elif l.TOKENIZER == "pixel" and l.LATENT_DIM != big_d:

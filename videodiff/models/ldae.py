@@ -139,10 +139,18 @@ def check_ldae_choices(predict: str, input_space: str, output_space: str, tokeni
                                 ("LDAE.OUTPUT_SPACE", output_space, SPACES)):
         if value not in allowed:
             raise ValueError(f"{key} = {value!r}: expected one of {', '.join(allowed)}")
-    if predict == "eps" and output_space != "latent":
-        raise ValueError("LDAE.PREDICT eps needs LDAE.OUTPUT_SPACE latent (the noise lives in the latent space)")
-    if predict == "image" and output_space != "image":
-        raise ValueError("LDAE.PREDICT image (the original image) needs LDAE.OUTPUT_SPACE image")
+    problem = output_space_problem(predict, output_space)
+    if problem:
+        raise ValueError(problem)
     if predict == "image" and not hasattr(tokenizer, "full_coefficients"):
         raise ValueError(f"LDAE.PREDICT image weighs the residue in the tokenizer's full basis, which "
                          f"{type(tokenizer).__name__} does not have (use the PCA or pixel tokenizer)")
+
+
+def output_space_problem(predict: str, output_space: str) -> str:
+    """Why ``output_space`` cannot hold the ``predict`` target ("" when it can); config validation uses it too."""
+    if predict == "eps" and output_space != "latent":
+        return "LDAE.PREDICT eps needs LDAE.OUTPUT_SPACE latent (the noise lives in the latent space)"
+    if predict == "image" and output_space != "image":
+        return "LDAE.PREDICT image (the original image) needs LDAE.OUTPUT_SPACE image"
+    return ""
