@@ -42,7 +42,8 @@ def test_a_signal_to_the_process_group_with_workers_loses_nothing(sig, seed, dat
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=120)
     names = checkpoints(out)
-    assert names and not [n for n in names if ".tmp" in n]
+    # SIGKILL may land during a save: its partial .tmp file stays (nothing can remove it) until the next start does
+    assert names and (sig == signal.SIGKILL or not [n for n in names if ".tmp" in n])
     state = ckpt.load_state(ckpt.find_latest_checkpoint(out))
     if sig == signal.SIGTERM:
         assert proc.returncode == 0, stderr[-2000:]
@@ -50,6 +51,7 @@ def test_a_signal_to_the_process_group_with_workers_loses_nothing(sig, seed, dat
         assert 12 * state["epoch"] + state["iter"] >= target  # saved where it stopped, not at an older point
     run_net(CFG, opts(data_dir, out, 3, *extra))  # the same command finishes the run
     assert "checkpoint_epoch_00003.pyth" in checkpoints(out)
+    assert not [n for n in checkpoints(out) if ".tmp" in n]
 
 
 # ---------------------------------------------------------------------------------------------- where checkpoints go
