@@ -10,6 +10,7 @@ from test_data import IDENTITY, cfg_for, make_image_folder, ramp_video, write_cs
 from videodiff.data import build_loader, collate_clips, set_loader_epoch, transforms
 from videodiff.data.imagefolder import ImageFolderClips
 from videodiff.data.kinetics import KineticsDataset
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.data.randaug import parse_rand_aug
 from videodiff.data.transforms import TestTransform, TrainTransform
 from videodiff.engine.distributed import DistInfo
@@ -118,7 +119,8 @@ def test_image_test_transform_resizes_to_crop_over_0875_and_centre_crops(tmp_pat
     item = dataset[1]
     assert item["clip"].shape == (1, 3, 1, 16, 16) and item["view"] == 0
     expected = TestTransform(16, 18, dataset.transform.mean, dataset.transform.std)(image[None])
-    torch.testing.assert_close(item["clip"][0], expected)
+    normalize = ClipNormalizer(dataset.transform.mean, dataset.transform.std)  # the uint8 handover's last step
+    torch.testing.assert_close(normalize(item["clip"][0]), expected)
 
 
 def test_image_folder_trains_and_evaluates_through_the_video_model_code(tmp_path):
@@ -127,11 +129,11 @@ def test_image_folder_trains_and_evaluates_through_the_video_model_code(tmp_path
     cfg = cfg_for(tmp_path, "TRAIN.DATASET", "imagefolder", "TEST.DATASET", "imagefolder", "DATA.NUM_FRAMES", 1,
                   "VIT.TEMPORAL_PATCH_SIZE", 1, "VIT.PATCH_SIZE", 8, "VIT.EMBED_DIM", 16, "VIT.DEPTH", 1,
                   "VIT.NUM_HEADS", 2, "AUG.NUM_SAMPLE", 2, "AUG.RAND_AUG", "rand-m9-n2-mstd0.5")
-    model = build_model(cfg)
+    model, normalize = build_model(cfg), ClipNormalizer.from_cfg(cfg)
     batch = next(iter(build_loader(cfg, "train")))
     assert batch["clip"].shape == (4, 3, 1, 16, 16)  # C x 1 x H x W clips, R = 2 copies
-    out = model(batch["clip"], batch["label"])
+    out = model(normalize(batch["clip"]), batch["label"])
     out["loss"].backward()
     assert out["logits"].shape == (4, 3) and torch.isfinite(out["loss"])
     val = collate_clips([build_loader(cfg, "val").dataset[i] for i in range(2)])
-    assert model(val["clip"])["logits"].shape == (2, 3)
+    assert model(normalize(val["clip"]))["logits"].shape == (2, 3)

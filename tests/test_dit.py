@@ -58,10 +58,14 @@ def test_folded_encoder_is_a_plain_vit_that_reproduces_the_dit_encoder_at_t(t):
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
 
 
-def test_fold_of_a_class_conditional_dit_needs_the_label():
-    dit = randomize(DiT(**TINY, num_classes=5))
-    with pytest.raises(ValueError, match="needs the label"):
-        fold_encoder(dit.state_dict(), 10, dit.encoder_depth)
+def test_fold_of_a_class_conditional_dit_uses_the_null_class_unless_given_a_label():
+    dit = randomize(DiT(**TINY, num_classes=5)).eval()
+    assert dit.label_embed.weight.shape[0] == 6  # 5 classes + DiT's null class
+    null = fold_encoder(dit.state_dict(), 10, dit.encoder_depth)
+    assert torch.equal(null["blocks.0.norm1.bias"],
+                       fold_encoder(dit.state_dict(), 10, dit.encoder_depth, label=5)["blocks.0.norm1.bias"])
+    assert not torch.equal(null["blocks.0.norm1.bias"],
+                           fold_encoder(dit.state_dict(), 10, dit.encoder_depth, label=3)["blocks.0.norm1.bias"])
     tokens, t = inputs()
     label = torch.full((2,), 3)
     vit = VisionTransformer(embed_dim=32, depth=dit.encoder_depth, num_heads=4, norm_eps=1e-6, final_norm=False)
@@ -157,3 +161,13 @@ def test_tokens_must_fill_the_grid():
     tokens, t = inputs()
     with pytest.raises(ValueError, match="12 tokens do not fill the token grid"):
         DiT(**TINY)(tokens, t, (1, 2, 3))
+
+
+def test_class_dropout_replaces_training_labels_with_the_null_class():
+    dit = randomize(DiT(**TINY, num_classes=5, class_dropout=0.5))
+    t, label = torch.zeros(4000, dtype=torch.long), torch.full((4000,), 2)
+    torch.manual_seed(0)
+    c = dit.train().condition(t, label)
+    null = (c - dit.t_embedder(t) - dit.label_embed.weight[5]).abs().amax(1) < 1e-6
+    assert 0.45 < null.float().mean().item() < 0.55
+    assert torch.allclose(dit.eval().condition(t[:3], label[:3]), dit.t_embedder(t[:3]) + dit.label_embed.weight[2])

@@ -158,6 +158,8 @@ def test_every_trajectory_config_loads_and_dry_runs(path):
     cfg = load_config(path, ["TRAIN.DRY_RUN", "True"])
     if cfg.MODEL.MODEL_NAME != "LDAE":
         assert cfg.LDAE.PROBE_T == 10 and cfg.VIT.NORM_EPS == 1e-6  # downstream: folded at t = 10, DiT's eps
+        result = dry_run(load_config(path, ["TRAIN.DRY_RUN", "True", *SMALL, "VIT.DEPTH", "2"]))
+        assert math.isfinite(result["loss"]) and result["gflops_per_clip"] > 0
         return
     with torch.device("meta"):                                                  # full size, no memory, no init cost
         model = build_model(cfg)
@@ -169,13 +171,20 @@ def test_every_trajectory_config_loads_and_dry_runs(path):
 
 def test_the_trajectory_reads_in_order_and_each_line_changes_one_thing():
     names = [os.path.basename(p) for p in LDAE_CONFIGS if "_ft" not in p and "probe" not in p]
-    assert names[:2] == ["t0_dit_l.yaml", "t2_ae_d008.yaml"] and names[-2:] == ["t5_ldae_vitb.yaml",
-                                                                                 "t5_ldae_vitl.yaml"]
+    assert names[:2] == ["t0_dit_l.yaml", "t1_1_dit_class_cond.yaml"] and names[-2:] == ["t5_ldae_vitb.yaml",
+                                                                                          "t5_ldae_vitl.yaml"]
     table2 = [n for n in names if n.startswith("t2_")]                         # each tokenizer's rows, d ascending
-    assert table2 == sorted(table2, key=lambda n: (n.split("_")[1], n)) and len(table2) == 17
+    assert table2 == sorted(table2, key=lambda n: (n.split("_")[1], n)) and len(table2) == 19
     tokenizers = {n: load_config(os.path.join(ROOT, "configs", "ImageNet", "ldae", n)).LDAE for n in table2}
     assert [l.LATENT_DIM for n, l in tokenizers.items() if "pixel" in n] == [12, 48, 192, 768]
-    assert all(l.TOKENIZER == n.split("_")[1] for n, l in tokenizers.items())
+    assert all(n[3:].startswith(l.TOKENIZER + "_") for n, l in tokenizers.items())
+    table1 = [load_config(os.path.join(ROOT, "configs", "ImageNet", "ldae", n)) for n in names if n.startswith("t1_")]
+    changed = [sorted(f"{node}.{k}" for node in ("LDAE", "CONV_VAE") for k in a[node] if a[node][k] != b[node][k])
+               for a, b in zip(table1, table1[1:])]
+    assert changed == [["LDAE.CLASS_COND"],
+                       ["CONV_VAE.PERCEPTUAL_CHECKPOINT", "CONV_VAE.PERCEPTUAL_WEIGHT", "LDAE.TOKENIZER_FILE"],
+                       ["CONV_VAE.ADVERSARIAL_START", "CONV_VAE.ADVERSARIAL_WEIGHT", "LDAE.TOKENIZER_FILE"],
+                       ["LDAE.SCHEDULE"]]
     steps = [load_config(os.path.join(ROOT, "configs", "ImageNet", "ldae", n)).LDAE for n in
              ("t2_pca_d032.yaml", "t3_1_predict_z0.yaml", "t3_2_gamma_one.yaml", "t3_3_image_input.yaml",
               "t3_4_image_output.yaml", "t3_5_predict_image.yaml", "t3_6_single_sigma.yaml")]

@@ -10,6 +10,7 @@ import torch
 from tests.cli_helpers import env_for_subprocess, make_tiny_demo
 from videodiff.config import load_config
 from videodiff.data.loader import build_loader
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.models.patchify import patchify
 from videodiff.models.tokenizers import PCAAccumulator, PCATokenizer, TokenizerFileError, save_pca
 
@@ -55,7 +56,8 @@ def demo_patches(tmp_path_factory):
     root = make_tiny_demo(tmp_path_factory.mktemp("pca_demo"))
     cfg = load_config(IMAGES_CFG, ["DATA.PATH_TO_DATA_DIR", os.path.join(root, "images"), "TRAIN.BATCH_SIZE", "4",
                                    "DATA_LOADER.NUM_WORKERS", "0"])
-    clips = torch.cat([batch["clip"] for batch in build_loader(cfg, "train", 0, 1)])
+    normalize = ClipNormalizer.from_cfg(cfg)  # the loader hands over uint8 (DATA_LOADER.UINT8_HANDOVER)
+    clips = torch.cat([normalize(batch["clip"]) for batch in build_loader(cfg, "train", 0, 1)])
     return root, patchify(clips, 1, 8).reshape(-1, 192).double()
 
 

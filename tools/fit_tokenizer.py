@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Fit l-DAE's patch-wise linear AE or VAE tokenizer (paper Sec. 4.2) with Adam on random patches of the train split.
+"""Fit l-DAE's patch-wise linear AE or VAE tokenizer (paper Sec. 4.2) with Adam on random patches of the train split,
+or (--kind conv_vae) its convolutional VAE on whole train images (videodiff/engine/fit_conv_vae.py: reconstruction +
+CONV_VAE.KL_WEIGHT x KL, optionally a perceptual and an adversarial loss, all set by CONV_VAE.*; Table 1's tokenizers).
+The rest of this text is about the patch-wise kinds.
 
 Patches are drawn from the train loader exactly as tools/fit_pca.py draws them (videodiff/data/patches.py: the
 config's augmentation and DATA.MEAN / STD normalisation, VIT.TEMPORAL_PATCH_SIZE x VIT.PATCH_SIZE^2 x
@@ -25,6 +28,9 @@ Examples:
   python tools/fit_tokenizer.py --cfg configs/demo/ldae_tiny_images.yaml --kind ae --steps 500 LDAE.LATENT_DIM 16
   python tools/fit_tokenizer.py --cfg configs/ImageNet/ldae/t2_vae_d016.yaml --kind vae \\
       DATA.PATH_TO_DATA_DIR /data/imagenet
+  python tools/fit_tokenizer.py --cfg configs/demo/ldae_tiny_conv_vae.yaml --kind conv_vae --steps 2000
+  python tools/fit_tokenizer.py --cfg configs/ImageNet/ldae/t1_1_dit_class_cond.yaml --kind conv_vae \\
+      --steps 200000 DATA.PATH_TO_DATA_DIR /data/imagenet
 """
 import argparse
 import math
@@ -40,11 +46,14 @@ import torch  # noqa: E402
 from videodiff.cli import run_reporting_errors  # noqa: E402
 from videodiff.config import load_config  # noqa: E402
 from videodiff.data.patches import TrainPatches  # noqa: E402
-from videodiff.models.build import patch_layout  # noqa: E402
+from videodiff.engine.fit_conv_vae import fit_conv_vae  # noqa: E402
+from videodiff.models.build import conv_vae_args, patch_layout  # noqa: E402
+from videodiff.models.conv_vae import ConvVAE, save_conv_vae  # noqa: E402
 from videodiff.models.tokenizers import (LinearPatchAE, PatchAETokenizer, PCAAccumulator,  # noqa: E402
                                          gaussian_kl, save_patch_ae)
 
-KINDS = ("ae", "vae")
+KINDS = ("ae", "vae", "conv_vae")
+DEFAULT_LR = {"ae": 1e-2, "vae": 1e-2, "conv_vae": 2e-4}
 ACTIVE_KL = 0.01  # nats per patch: a VAE latent dimension below this carries (almost) nothing about the patch
 
 
@@ -73,14 +82,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", dest="cfg_file", required=True,
                         help="YAML config (its DATA / TRAIN / VIT / LDAE keys)")
-    parser.add_argument("--kind", required=True, choices=KINDS, help="linear patch AE or VAE")
+    parser.add_argument("--kind", required=True, choices=KINDS,
+                        help="linear patch AE or VAE, or the convolutional VAE (sized and weighted by CONV_VAE.*)")
     parser.add_argument("--steps", type=positive_int, default=5000, help="Adam steps (default %(default)s)")
     parser.add_argument("--batch-patches", type=positive_int, default=4096,
                         help="patches per Adam step (default %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=1e-2,
-                        help="Adam's peak learning rate, cosine-decayed to 0 (default %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="Adam's peak learning rate, cosine-decayed to 0 (default 1e-2 for ae / vae, 2e-4 for "
+                             "conv_vae)")
     parser.add_argument("--kl-weight", type=non_negative_float, default=None,
                         help="--kind vae: weight of the KL term (default 1, the paper's formula as written)")
+    parser.add_argument("--stat-images", type=positive_int, default=10_000,
+                        help="--kind conv_vae: train images that measure the latent statistics and the final "
+                             "reconstruction error (default %(default)s); each step takes a TRAIN.BATCH_SIZE batch")
     parser.add_argument("--num-patches", type=positive_int, default=200_000,
                         help="fit patches kept in memory (default %(default)s)")
     parser.add_argument("--patches-per-clip", type=positive_int, default=64,
@@ -97,13 +111,18 @@ def parse_args(argv=None):
         parser.error("--kl-weight is for --kind vae (an AE has no KL term)")
     if args.kind == "vae" and args.kl_weight is None:
         args.kl_weight = 1.0
+    if args.kind == "conv_vae" and args.kl_weight is not None:
+        parser.error("--kind conv_vae takes its KL weight from CONV_VAE.KL_WEIGHT")
+    args.lr = args.lr or DEFAULT_LR[args.kind]
     return args
 
 
 def output_path(cfg, kind: str, d: int, out: str) -> str:
-    """--out, else LDAE.TOKENIZER_FILE if the config's LDAE.TOKENIZER is ``kind``, else OUTPUT_DIR/<kind>_d<d>.pth."""
+    """--out, else LDAE.TOKENIZER_FILE if the config's LDAE.TOKENIZER is ``kind``, else OUTPUT_DIR/<kind>_d<d>.pth
+    (conv_vae: OUTPUT_DIR/conv_vae_c<CONV_VAE.LATENT_CHANNELS>.pth)."""
     configured = cfg.LDAE.TOKENIZER_FILE if cfg.LDAE.TOKENIZER == kind else ""
-    return out or configured or os.path.join(cfg.OUTPUT_DIR, f"{kind}_d{d:03d}.pth")
+    name = f"conv_vae_c{cfg.CONV_VAE.LATENT_CHANNELS}" if kind == "conv_vae" else f"{kind}_d{d:03d}"
+    return out or configured or os.path.join(cfg.OUTPUT_DIR, f"{name}.pth")
 
 
 def collect(cfg, layout: tuple, num_patches: int, per_clip: int, batches_per_log: int):
@@ -178,8 +197,32 @@ def span_overlap(decoder: torch.Tensor, basis: torch.Tensor) -> float:
     return (basis.double() @ q).pow(2).sum().item() / decoder.shape[0]
 
 
+def run_conv_vae(args, cfg) -> int:
+    """--kind conv_vae: train the conv VAE of CONV_VAE.* on whole train images, then write its tokenizer file."""
+    out = output_path(cfg, "conv_vae", 0, args.out)
+    vae = ConvVAE(**conv_vae_args(cfg))
+    c = cfg.CONV_VAE
+    print(f"conv VAE: stride {c.STRIDE}, {c.LATENT_CHANNELS} latent channels, width {c.WIDTH}, "
+          f"{sum(p.numel() for p in vae.parameters()):,} parameters; KL weight {c.KL_WEIGHT:g}, perceptual "
+          f"{c.PERCEPTUAL_WEIGHT:g}, adversarial {c.ADVERSARIAL_WEIGHT:g} from step {c.ADVERSARIAL_START}")
+    tokenizer, losses, images = fit_conv_vae(cfg, vae, args.steps, args.lr, args.stat_images, args.steps_per_log)
+    print(f"reconstruction MSE per value (posterior mean, normalised units) on {images:,} train images: "
+          f"{losses['recon_mse_posterior_mean']:.4g}")
+    print(f"latent channels: mean {tokenizer.latent_mean.min().item():.4g} .. {tokenizer.latent_mean.max().item():.4g}"
+          f", RMS {tokenizer.latent_scale.min().item():.4g} .. {tokenizer.latent_scale.max().item():.4g}; "
+          f"d = {tokenizer.d} per {cfg.VIT.PATCH_SIZE}x{cfg.VIT.PATCH_SIZE} token")
+    source = (f"tools/fit_tokenizer.py --cfg {args.cfg_file} --kind conv_vae --steps {args.steps} --lr {args.lr:g}"
+              + f" {' '.join(args.overrides)}".rstrip()
+              + f"; train split of {cfg.DATA.PATH_TO_DATA_DIR} ({cfg.TRAIN.DATASET}), RNG_SEED {cfg.RNG_SEED}")
+    save_conv_vae(out, tokenizer, losses, images, source)
+    print(f"wrote {out}")
+    return 0
+
+
 def run(args) -> int:
     cfg = load_config(args.cfg_file, args.overrides)
+    if args.kind == "conv_vae":
+        return run_conv_vae(args, cfg)
     layout = patch_layout(cfg)
     t_patch, p, channels = layout
     D, d = t_patch * p * p * channels, cfg.LDAE.LATENT_DIM

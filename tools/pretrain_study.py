@@ -43,6 +43,7 @@ from videodiff.config import load_config  # noqa: E402
 from videodiff.data import collate_clips  # noqa: E402
 from videodiff.data.imagefolder import TEST_CROP_FRACTION, ImageFolderClips  # noqa: E402
 from videodiff.data.kinetics import KineticsDataset  # noqa: E402
+from videodiff.data.normalize import ClipNormalizer  # noqa: E402
 from videodiff.data.transforms import build_transform  # noqa: E402
 from videodiff.engine.checkpoint import find_latest_checkpoint, load_model_state, load_state  # noqa: E402
 from videodiff.engine.launch import run as run_training  # noqa: E402
@@ -71,9 +72,10 @@ def eval_dataset(cfg, split: str):
 
 
 def batches(cfg, split: str, batch_size: int = 50):
-    """Yield (clip [B, C, T, H, W], label [B]) over ``split`` in order."""
+    """Yield (normalised clip [B, C, T, H, W], label [B]) over ``split`` in order."""
+    normalize = ClipNormalizer.from_cfg(cfg)
     for batch in DataLoader(eval_dataset(cfg, split), batch_size=batch_size, collate_fn=collate_clips):
-        yield batch["clip"], batch["label"]
+        yield normalize(batch["clip"]), batch["label"]
 
 
 # ---------------------------------------------------------------- (a) pretext loss vs trivial predictors

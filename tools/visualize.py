@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from videodiff.config import ConfigError, load_config  # noqa: E402
 from videodiff.data import build_dataset  # noqa: E402
+from videodiff.data.normalize import ClipNormalizer  # noqa: E402
 from videodiff.engine.checkpoint import (CheckpointError, find_latest_checkpoint, load_model_state,  # noqa: E402
                                          load_state)
 from videodiff.models.build import build_model  # noqa: E402
@@ -64,11 +65,12 @@ def load_model(cfg, path: str) -> torch.nn.Module:
 
 def spread_clips(cfg, split: str, num: int) -> torch.Tensor:
     """``num`` items evenly spaced over ``split`` (folders list images class by class), first copy of each:
-    [num, C, T, H, W]."""
+    normalised [num, C, T, H, W]."""
     dataset = build_dataset(cfg, split)
     if num < 1 or num > len(dataset):
         raise ValueError(f"--num {num}: the {split} split has {len(dataset)} items")
-    return torch.stack([dataset[i * len(dataset) // num]["clip"][0] for i in range(num)])
+    clips = torch.stack([dataset[i * len(dataset) // num]["clip"][0] for i in range(num)])
+    return ClipNormalizer.from_cfg(cfg)(clips)
 
 
 def main(argv=None) -> int:

@@ -8,5 +8,7 @@ class CheckpointError(RuntimeError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP (or any wrapper exposing ``.module``)."""
+    """The bare model inside torch.compile's wrapper (``_orig_mod``, whose keys it would prefix) and DDP (or any
+    wrapper exposing ``.module``)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model

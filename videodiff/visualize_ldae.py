@@ -5,14 +5,14 @@
 * ``denoising_figure`` (Fig. 7): per image and step t, ``clean | noisy input | denoised``: what the network reads at
   t (its input, shown as an image through the inverse PCA when it works in the latent space) and its estimate of the
   clean image (the prediction itself for image output; decode(z0) or decode of the z0 implied by an ε prediction).
-* ``filter_figure`` (Fig. 8): the tokenizer's first directions (PCA basis rows), each as a p x p x 3 image scaled
-  to its own range.
+* ``filter_figure`` (Fig. 8): the tokenizer's first directions (rows of V: PCA basis, patch AE / VAE encoder),
+  each as a p x p x 3 image scaled to its own range.
 
 Images (T = 1) only; for clips the first frame is shown. Un-normalised with DATA.MEAN / STD (``visualize.to_uint8``)
 and tiled with white gaps (``visualize.tile``).
 """
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,11 +40,12 @@ def noise_figure(model: LDAE, clips: torch.Tensor, sigmas: Sequence[float], mean
     rows: List[List[np.ndarray]] = []
     for clip in clips:
         x0 = patchify(clip[None], model.t_patch, model.patch_size)                   # [1, N, D]
-        z0 = model.tokenizer.encode(x0)
+        grid = model.grid(clip[None])
+        z0 = model.tokenizer.encode(x0, grid)
         row = [_first_frame(clip, mean, std)]
         for sigma in sigmas:
             pixel = x0 + sigma * torch.randn(x0.shape, generator=generator)
-            latent = model.tokenizer.decode(z0 + sigma * torch.randn(z0.shape, generator=generator))
+            latent = model.tokenizer.decode(z0 + sigma * torch.randn(z0.shape, generator=generator), grid)
             row += [_image(model, pixel, clip, mean, std), _image(model, latent, clip, mean, std)]
         rows.append(row)
     return tile(rows)
@@ -54,17 +55,18 @@ def noise_figure(model: LDAE, clips: torch.Tensor, sigmas: Sequence[float], mean
 def denoise(model: LDAE, clip: torch.Tensor, t: int, generator: torch.Generator):
     """(network input as image patches, estimate of the clean image's patches), each [1, N, D], at step t."""
     x0 = patchify(clip[None], model.t_patch, model.patch_size)
-    z0 = model.tokenizer.encode(x0)
+    grid = model.grid(clip[None])
+    z0 = model.tokenizer.encode(x0, grid)
     steps = torch.tensor([t])
     eps = torch.randn(z0.shape, generator=generator)
     z_t = model.add_noise(z0, steps, eps)
-    inputs = model.network_input(z_t)
-    pred = model.dit(inputs, steps, model.grid(clip[None]))
+    inputs = model.network_input(z_t, grid)
+    pred = model.dit(inputs, steps, grid)
     if model.predict == "eps":  # z0 = (z_t - σ ε̂) / γ
         pred = (z_t - model.sigma[t] * pred) / model.gamma[t].clamp_min(1e-6)
     if model.output_space == "latent":
-        pred = model.tokenizer.decode(pred)
-    shown = inputs if model.input_space == "image" else model.tokenizer.decode(inputs)
+        pred = model.tokenizer.decode(pred, grid)
+    shown = inputs if model.input_space == "image" else model.tokenizer.decode(inputs, grid)
     return shown, pred
 
 
@@ -94,15 +96,24 @@ def filter_figure(basis: torch.Tensor, t_patch: int, patch: int, channels: int, 
     return tile([cells[i:i + per_row] for i in range(0, len(cells), per_row)])
 
 
+def tokenizer_filters(tokenizer) -> Optional[torch.Tensor]:
+    """The rows of V [d or D, D] for Fig. 8: PCA's basis (by decreasing eigenvalue), the patch AE's / VAE's encoder;
+    None for tokenizers without patch filters (pixel identity, conv VAE)."""
+    if hasattr(tokenizer, "basis"):
+        return tokenizer.basis
+    return getattr(tokenizer, "encoder", None) if tokenizer.LINEAR else None
+
+
 def render_ldae(model: LDAE, clips: torch.Tensor, out_dir: str, mean, std, generator: torch.Generator,
                 sigmas: Sequence[float] = (0.5, 1.0, 2 ** 0.5), steps: Sequence[int] = ()) -> List[str]:
-    """Write Figs. 6-8 for ``clips`` into ``out_dir``: ldae_noise.png, ldae_denoising.png, ldae_filters.png (PCA)."""
+    """Write Figs. 6-8 for ``clips`` into ``out_dir``: ldae_noise.png, ldae_denoising.png, and ldae_filters.png for
+    a patch-wise tokenizer (the rows of V: PCA's basis, the AE's / VAE's encoder)."""
     steps = tuple(steps) or tuple(sorted({0, model.num_steps // 4, model.num_steps // 2, model.num_steps - 1}))
     figures = {"ldae_noise.png": noise_figure(model, clips, sigmas, mean, std, generator),
                "ldae_denoising.png": denoising_figure(model, clips, steps, mean, std, generator)}
-    if hasattr(model.tokenizer, "basis"):
-        figures["ldae_filters.png"] = filter_figure(model.tokenizer.basis, model.t_patch, model.patch_size,
-                                                    model.in_chans)
+    filters = tokenizer_filters(model.tokenizer)
+    if filters is not None:
+        figures["ldae_filters.png"] = filter_figure(filters, model.t_patch, model.patch_size, model.in_chans)
     paths = []
     for name, image in figures.items():
         paths.append(os.path.join(out_dir, name))

@@ -13,6 +13,10 @@ _C.TRAIN.ENABLE = True
 _C.TRAIN.DATASET = "kinetics"
 # Global batch size in *original* samples (repeated-augmentation copies are not counted).
 _C.TRAIN.BATCH_SIZE = 64
+# Gradient accumulation: each optimizer step sums the gradients of this many loader batches of BATCH_SIZE /
+# (world size x ACCUM_STEPS) samples per rank, so a large global batch fits in less memory. 1 (off): the same
+# batch in one pass is faster. The lr rule, schedule, logging and checkpoints count optimizer steps.
+_C.TRAIN.ACCUM_STEPS = 1
 _C.TRAIN.AUTO_RESUME = True
 # Save a checkpoint every this many epochs (the last epoch is always saved).
 _C.TRAIN.CHECKPOINT_PERIOD = 1
@@ -37,6 +41,10 @@ _C.TRAIN.CHECKPOINT_DROP_HEAD = False
 _C.TRAIN.MIXED_PRECISION = True
 # Autocast dtype on GPU: bfloat16 (no loss scaling needed) or float16 (uses a GradScaler).
 _C.TRAIN.AMP_DTYPE = "bfloat16"
+# Several processes: "ddp" keeps a full replica of weights, gradients and optimizer state on every rank; "fsdp" shards
+# them over the ranks (1/world each; torch's fully_shard, each transformer block a unit) for models whose replica does
+# not fit, such as ViT-H or the 32x280 fine-tune. Same checkpoints and numbers (engine/fsdp.py); no MODEL_EMA.
+_C.TRAIN.PARALLEL = "ddp"
 # Build the model, count parameters and FLOPs, run one forward/backward on a random batch of 1, exit.
 _C.TRAIN.DRY_RUN = False
 
@@ -83,7 +91,18 @@ _C.DATA.MAX_FAILED_FRACTION = 0.05
 
 _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 4
+# Page-locked host batches (used only when CUDA is available): faster, asynchronous host-to-device copies.
 _C.DATA_LOADER.PIN_MEMORY = True
+# Keep worker processes alive between epochs (and validation runs): re-forking them costs start-up time every epoch.
+# False frees their memory between epochs. Ignored with NUM_WORKERS 0.
+_C.DATA_LOADER.PERSISTENT_WORKERS = True
+# Batches each worker prepares ahead (torch's default, 2): each costs one batch of shared memory per worker; raise it
+# when data time is spiky. Ignored with NUM_WORKERS 0.
+_C.DATA_LOADER.PREFETCH_FACTOR = 2
+# Workers hand over uint8 clips, normalised by DATA.MEAN / STD on the training device (videodiff/data/normalize.py):
+# 4x fewer bytes through shared memory, pinning and the copy to the device. Identical clips to False (workers
+# normalise, float32) except after AUG.RAND_AUG, whose float output is rounded to whole grey levels (<= 0.5 / 255).
+_C.DATA_LOADER.UINT8_HANDOVER = True
 
 # ---------------------------------------------------------------- augmentation
 _C.AUG = CfgNode()
@@ -113,6 +132,9 @@ _C.SOLVER.LARS_TRUST_COEFF = 0.001
 _C.SOLVER.CLIP_GRAD = 0.0
 # Layer-wise lr decay (1.0 = off).
 _C.SOLVER.LAYER_DECAY = 1.0
+# AdamW's fused kernel (one launch for every parameter): auto uses it on CUDA, where it is faster, and logs why
+# not elsewhere; always / never force it (always falls back, logging why, where torch lacks the kernel).
+_C.SOLVER.FUSED = "auto"
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CfgNode()
@@ -121,6 +143,15 @@ _C.MODEL.NUM_CLASSES = 400
 # Dropout before the classification layer.
 _C.MODEL.DROPOUT_RATE = 0.0
 _C.MODEL.LABEL_SMOOTHING = 0.0
+# Activation checkpointing: each transformer block keeps only its input and recomputes the rest in backward,
+# trading about a third more compute for much less activation memory. Off by default: it only pays when memory,
+# not speed, is the limit.
+_C.MODEL.ACT_CHECKPOINT = False
+# torch.compile the model (after DDP wrapping, as torch recommends). Off by default: compiling takes minutes at
+# start-up and only pays back on long GPU runs; where it is unsupported the run logs why and stays eager.
+_C.MODEL.COMPILE = False
+# torch.compile's mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs.
+_C.MODEL.COMPILE_MODE = "default"
 
 _C.VIT = CfgNode()
 _C.VIT.PATCH_SIZE = 16
@@ -142,6 +173,10 @@ _C.VIT.NORM_EPS = 1e-5
 # The encoder ends with a LayerNorm (MAE, DiffMAE). A linear probe of an l-DAE encoder (the first half of a DiT,
 # folded at a fixed t) sets False: its features are pooled straight into the BatchNorm (l-DAE appendix).
 _C.VIT.FINAL_NORM = True
+# A frozen stem before the patch embedding: a conv VAE tokenizer file (tools/fit_tokenizer.py --kind conv_vae). Set it
+# to probe or fine-tune an l-DAE that read conv VAE latents (l-DAE Table 1): its encoder is a ViT on that latent map,
+# which cannot be folded into a linear patch embedding. "" = the ViT reads pixels.
+_C.VIT.STEM_FILE = ""
 
 # ---------------------------------------------------------------- masked pretraining (MAE, DiffMAE)
 _C.MASK = CfgNode()
@@ -187,9 +222,10 @@ _C.MAE.NORM_PIX_LOSS = True
 # The DiT is sized by VIT.* (its full depth); patches by VIT.PATCH_SIZE / TEMPORAL_PATCH_SIZE. Every choice the paper
 # leaves open is a key here, with the default the paper's final l-DAE uses or, where it is silent, ours (said so).
 _C.LDAE = CfgNode()
-# Patch tokenizer (paper Sec. 4.2, models/tokenizers.py): "pca" (fit with tools/fit_pca.py), "ae" / "vae" (linear
+# Tokenizer (paper Sec. 4.2, models/tokenizers.py): "pca" (fit with tools/fit_pca.py), "ae" / "vae" (linear
 # patch AE / VAE, fit with tools/fit_tokenizer.py --kind ae|vae), "pixel" (the identity on patches, Fig. 4: nothing
-# to fit; d = D, chosen through DATA.TRAIN_CROP_SIZE and VIT.PATCH_SIZE). The conv VAE comes next.
+# to fit; d = D, chosen through DATA.TRAIN_CROP_SIZE and VIT.PATCH_SIZE), "conv_vae" (Table 1 and Table 2's first
+# column: models/conv_vae.py, sized by CONV_VAE.*, fit with tools/fit_tokenizer.py --kind conv_vae).
 _C.LDAE.TOKENIZER = "pca"
 # The fitted tokenizer file (tools/fit_pca.py / fit_tokenizer.py write it; a missing or mismatched file stops the run
 # naming it). One PCA file serves every d; an AE / VAE file is fitted for one d. Not read for "pixel".
@@ -223,8 +259,35 @@ _C.LDAE.ENCODER_DEPTH = 0
 _C.LDAE.COND_DIM = 0
 # Class conditioning (only Table 1's first line; the run then uses labels and is not self-supervised).
 _C.LDAE.CLASS_COND = False
+# With CLASS_COND: the probability that a training label is replaced by DiT's null class (DiT's 0.1, which its
+# classifier-free guidance needs). The probe folds the null class, so probing uses no label (the paper is silent).
+_C.LDAE.CLASS_DROPOUT = 0.1
 # Probing / fine-tuning an l-DAE checkpoint: the fixed step t whose conditioning is folded into a plain ViT (clean input).
 _C.LDAE.PROBE_T = 10
+
+# The convolutional VAE tokenizer (models/conv_vae.py: LDM's KL autoencoder, scaled down) and how
+# tools/fit_tokenizer.py --kind conv_vae trains it. Its latent map is STRIDE times smaller than the image; DiT reads
+# each (VIT.PATCH_SIZE / STRIDE)^2 cell of it as one token, so LDAE.LATENT_DIM = t_patch x (p / STRIDE)^2 x
+# LATENT_CHANNELS (16 for LDM's c = 4 with 16x16 patches; paper footnote 2).
+_C.CONV_VAE = CfgNode()
+_C.CONV_VAE.LATENT_CHANNELS = 4
+_C.CONV_VAE.STRIDE = 8
+# Ours, smaller than LDM's f8 (width 128, two ResNet blocks per level, attention in the middle): see conv_vae.py.
+_C.CONV_VAE.WIDTH = 64
+_C.CONV_VAE.NUM_RES_BLOCKS = 1
+# Weight of KL[f(x) | N] against ||x - g(f(x))||^2, both summed over an image. LDM's KL-f8 value 1e-6: the paper's
+# Table 1 tokenizers are LDM's VAE with losses removed, so its weight stays (the patch VAE's formula weight 1 would
+# collapse most of a conv latent to the prior).
+_C.CONV_VAE.KL_WEIGHT = 1.0e-6
+# Perceptual loss (LPIPS-style distance between VGG16 features; Table 1's first two lines). Needs PERCEPTUAL_WEIGHT > 0
+# and a local torchvision VGG16 state dict in PERCEPTUAL_CHECKPOINT: nothing is downloaded, a missing file stops the
+# fit naming it. (The VGG is ImageNet-supervised, which is why the paper drops this loss.)
+_C.CONV_VAE.PERCEPTUAL_WEIGHT = 0.0
+_C.CONV_VAE.PERCEPTUAL_CHECKPOINT = ""
+# Adversarial loss (a PatchGAN discriminator, hinge loss, VQGAN's adaptive weight x ADVERSARIAL_WEIGHT; LDM: 0.5),
+# switched on after ADVERSARIAL_START fit steps (LDM: 50001 of its much longer fit). 0 = off (Table 1 from line 4).
+_C.CONV_VAE.ADVERSARIAL_WEIGHT = 0.0
+_C.CONV_VAE.ADVERSARIAL_START = 0
 
 # ---------------------------------------------------------------- fine-tuning regularisers
 # Mixup / CutMix on training batches (timm's Mixup, "batch" mode), soft targets with label smoothing.

@@ -12,7 +12,9 @@ from fvcore.common.config import CfgNode
 from videodiff.data.build import DATASETS
 from videodiff.data.decoding import BACKENDS
 from videodiff.data.randaug import parse_rand_aug  # the one grammar of AUG.RAND_AUG
-from videodiff.engine.optim import LR_POLICIES, OPTIMIZERS
+from videodiff.engine.compile import COMPILE_MODES
+from videodiff.engine.fsdp import PARALLEL_MODES, fsdp_unsupported
+from videodiff.engine.optim import FUSED_SETTINGS, LR_POLICIES, OPTIMIZERS
 from videodiff.engine.precision import AMP_DTYPES
 from videodiff.models.build import MODELS, TOKENIZERS
 from videodiff.models.clip_target import CLIP_ACTS
@@ -47,7 +49,7 @@ _rule(["TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE", "DATA.NUM_FRAMES", "DATA.SAMPLING_
        "DATA.TEST_CROP_SIZE", "AUG.NUM_SAMPLE", "SOLVER.MAX_EPOCH", "TEST.NUM_ENSEMBLE_VIEWS",
        "TEST.NUM_SPATIAL_CROPS", "LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD", "VIT.PATCH_SIZE",
        "VIT.TEMPORAL_PATCH_SIZE", "VIT.EMBED_DIM", "VIT.DEPTH", "VIT.NUM_HEADS", "VIT.IN_CHANNELS",
-       "MODEL.NUM_CLASSES"], lambda v: v >= 1, "an integer >= 1")
+       "MODEL.NUM_CLASSES", "TRAIN.ACCUM_STEPS"], lambda v: v >= 1, "an integer >= 1")
 _rule(["DATA_LOADER.NUM_WORKERS", "TRAIN.EVAL_PERIOD", "RNG_SEED", "TRAIN.CHECKPOINT_ITER_PERIOD",
        "TRAIN.SKIP_NONFINITE_LIMIT"], lambda v: v >= 0, "an integer >= 0")
 _rule(["SOLVER.BASE_LR", "VIT.MLP_RATIO", "SOLVER.LARS_TRUST_COEFF"], lambda v: v > 0, "a number > 0")
@@ -57,14 +59,18 @@ _rule(["VIT.DROP_PATH_RATE", "MODEL.DROPOUT_RATE", "MODEL.LABEL_SMOOTHING"], lam
 _rule(["SOLVER.LAYER_DECAY"], lambda v: 0 < v <= 1, "a number in (0, 1]")
 _choice(["SOLVER.OPTIMIZING_METHOD"], OPTIMIZERS)
 _choice(["SOLVER.LR_POLICY"], LR_POLICIES)
+_choice(["SOLVER.FUSED"], FUSED_SETTINGS)
+_choice(["MODEL.COMPILE_MODE"], COMPILE_MODES)
 _choice(["DATA.DECODING_BACKEND"], BACKENDS)
 _choice(["TRAIN.DATASET", "TEST.DATASET"], DATASETS)
 _rule(["DATA.TARGET_FPS"], lambda v: v >= 0, "a number >= 0 (0 = the video's own frames)")
 _rule(["DATA.MAX_RETRIES"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DATA_LOADER.PREFETCH_FACTOR"], lambda v: v >= 1, "an integer >= 1 (batches each worker prepares ahead)")
 _rule(["DATA.MAX_FAILED_FRACTION"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _rule(["AUG.RAND_AUG"], lambda v: _is_rand_aug(v),
       "'' (off) or a RandAugment setting such as rand-m9-n2-mstd0.5 (tokens m<0-10>, n<ops>, mstd<std>, p<prob>)")
 _choice(["TRAIN.AMP_DTYPE"], AMP_DTYPES)
+_choice(["TRAIN.PARALLEL"], PARALLEL_MODES)
 _rule(["SOLVER.BETAS"], lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
 _rule(["DATA.TRAIN_JITTER_SCALES_RELATIVE"], lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
       "[min, max] with 0 < min <= max <= 1")
@@ -97,6 +103,12 @@ _rule(["LDAE.LATENT_DIM"], lambda v: v >= 1, "an integer >= 1")
 _rule(["LDAE.ENCODER_DEPTH", "LDAE.COND_DIM", "LDAE.PROBE_T"], lambda v: v >= 0, "an integer >= 0")
 _rule(["LDAE.SIGMA_MAX", "LDAE.SINGLE_SIGMA"], lambda v: v > 0, "a number > 0")
 _rule(["LDAE.RESIDUAL_WEIGHT"], lambda v: v >= 0, "a number >= 0")
+_rule(["LDAE.CLASS_DROPOUT"], lambda v: 0 <= v < 1, "a number in [0, 1)")
+_rule(["CONV_VAE.LATENT_CHANNELS", "CONV_VAE.WIDTH", "CONV_VAE.NUM_RES_BLOCKS"], lambda v: v >= 1,
+      "an integer >= 1")
+_rule(["CONV_VAE.STRIDE"], lambda v: v >= 2 and not v & (v - 1), "a power of 2 >= 2")
+_rule(["CONV_VAE.KL_WEIGHT", "CONV_VAE.PERCEPTUAL_WEIGHT", "CONV_VAE.ADVERSARIAL_WEIGHT",
+       "CONV_VAE.ADVERSARIAL_START"], lambda v: v >= 0, "a number >= 0")
 
 
 def _is_rand_aug(value: str) -> bool:
@@ -129,11 +141,24 @@ def _cross_key_rules(cfg: CfgNode):
     if cfg.SOLVER.WARMUP_EPOCHS > cfg.SOLVER.MAX_EPOCH:
         yield "SOLVER.WARMUP_EPOCHS", f"= {cfg.SOLVER.WARMUP_EPOCHS} exceeds SOLVER.MAX_EPOCH = {cfg.SOLVER.MAX_EPOCH}"
     yield from _downstream_rules(cfg)
+    yield from _parallel_rules(cfg)
     name = cfg.MODEL.MODEL_NAME
     if name not in MODELS:
         yield "MODEL.MODEL_NAME", f"= {name!r} is not a registered model; choose one of {', '.join(sorted(MODELS))}"
     else:
         yield from MODELS[name].check_cfg(cfg)
+
+
+def _parallel_rules(cfg: CfgNode):
+    """FSDP needs a torch that has it, and keeps no EMA (its averaged copy would be a full replica again)."""
+    if cfg.TRAIN.PARALLEL != "fsdp":
+        return
+    reason = fsdp_unsupported()
+    if reason:
+        yield "TRAIN.PARALLEL", f"= 'fsdp' cannot run: {reason}; use TRAIN.PARALLEL ddp"
+    if cfg.MODEL_EMA.ENABLE:
+        yield "TRAIN.PARALLEL", ("= 'fsdp' does not support MODEL_EMA.ENABLE True (the average is not sharded); "
+                                 "set MODEL_EMA.ENABLE False or TRAIN.PARALLEL ddp")
 
 
 def _downstream_rules(cfg: CfgNode):

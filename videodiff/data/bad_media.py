@@ -39,9 +39,11 @@ def item_with_retries(load: Callable[[int], dict], index: int, num_items: int, m
         f"{path}: {reason}. Check DATA.PATH_TO_DATA_DIR / DATA.PATH_PREFIX and the files themselves")
 
 
-def placeholder_item(shape: Sequence[int], label: int, index: int, view: int, error: MediaError) -> dict:
-    """A zero clip standing in for an unreadable val/test view; ``valid`` False keeps it out of metrics."""
-    return {"clip": torch.zeros(shape), "label": label, "index": index, "view": view, "valid": False,
+def placeholder_item(shape: Sequence[int], label: int, index: int, view: int, error: MediaError,
+                     dtype: torch.dtype = torch.float32) -> dict:
+    """A zero clip standing in for an unreadable val/test view; ``valid`` False keeps it out of metrics.
+    ``dtype``: the dataset's handover (uint8 or float32), so it collates with the batch's other clips."""
+    return {"clip": torch.zeros(shape, dtype=dtype), "label": label, "index": index, "view": view, "valid": False,
             "skipped": [(error.path, error.reason)]}
 
 

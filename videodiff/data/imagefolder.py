@@ -66,7 +66,8 @@ class ImageFolderClips(Dataset):
             return self._load(index)
         except ImageDecodeError as e:
             size = self.transform.crop_size
-            return placeholder_item((1, len(self.transform.mean), 1, size, size), self.images[index][1], index, 0, e)
+            shape = (1, len(self.transform.mean), 1, size, size)
+            return placeholder_item(shape, self.images[index][1], index, 0, e, self.transform.dtype)
 
     def _load(self, index: int) -> dict:
         path, label = self.images[index]

@@ -2,7 +2,8 @@
 
 Item (every dataset in ``videodiff.data`` returns this shape)::
 
-    {"clip":  float32 [R, C, T, H, W], normalized,
+    {"clip":  uint8 [R, C, T, H, W] (DATA_LOADER.UINT8_HANDOVER; normalised on the device, normalize.py),
+              or float32 normalized (the float handover),
      "label": int, "index": int (video number in the list), "view": int,
      "skipped": [(path, reason), ...] files that failed on the way (bad_media.py),
      "valid": bool (only when False: a val/test placeholder for an unreadable video)}
@@ -78,7 +79,7 @@ class KineticsDataset(Dataset):
         except MediaError as e:
             index, view = divmod(k, self.num_views * self.num_crops)
             shape = (1, len(self.transform.mean), self.num_frames, self.transform.crop_size, self.transform.crop_size)
-            return placeholder_item(shape, self.videos[index][1], index, view, e)
+            return placeholder_item(shape, self.videos[index][1], index, view, e, self.transform.dtype)
 
     def timeline(self, video: Video) -> Timeline:
         """The sampling clock of ``video`` (reads timestamps only when DATA.TARGET_FPS > 0)."""
@@ -99,7 +100,8 @@ class KineticsDataset(Dataset):
             union = sorted(set().union(*windows))
             frames = video.decode(union) if self.shared_decode else None  # [U, H, W, 3], the only decode
         size = self.transform.crop_size
-        clips = torch.empty(len(windows), len(self.transform.mean), self.num_frames, size, size)
+        clips = torch.empty(len(windows), len(self.transform.mean), self.num_frames, size, size,
+                            dtype=self.transform.dtype)
         for clip, window in zip(clips, windows):
             if frames is None:
                 self.transform(decode_frames(path, window, self.backend), rng, out=clip)

@@ -21,10 +21,11 @@ from videodiff.data.worker_memory import keep_freed_memory
 def collate_clips(items: List[dict]) -> dict:
     """Items ``{"clip": [R, C, T, H, W], "label", "index", "view"}`` -> one batch of ``B*R`` clips.
 
-    Returns ``clip`` ``[B*R, C, T, H, W]`` and LongTensors ``label``, ``index``, ``view`` ``[B*R]``
-    (an item's scalars repeated for each of its R copies, copies of one item adjacent), a BoolTensor
-    ``valid`` ``[B*R]`` (False for val/test placeholders of unreadable files) and ``skipped``: the
-    ``(path, reason)`` pairs of every file the items skipped (see ``bad_media.py``), in item order.
+    Returns ``clip`` ``[B*R, C, T, H, W]`` (the items' dtype: uint8 with DATA_LOADER.UINT8_HANDOVER, normalised
+    on the device by ``normalize.ClipNormalizer``) and LongTensors ``label``, ``index``, ``view`` ``[B*R]`` (an
+    item's scalars repeated for each of its R copies, copies of one item adjacent), a BoolTensor ``valid``
+    ``[B*R]`` (False for val/test placeholders of unreadable files) and ``skipped``: the ``(path, reason)`` pairs
+    of every file the items skipped (see ``bad_media.py``), in item order.
     """
     repeats = torch.tensor([item["clip"].shape[0] for item in items])
     batch = {"clip": _cat([item["clip"] for item in items])}
@@ -66,13 +67,17 @@ def seed_worker(worker_id: int) -> None:
 
 
 def per_rank_batch_size(cfg, split: str, world_size: int) -> int:
-    """TRAIN.BATCH_SIZE (train) or TEST.BATCH_SIZE (val/test), a global count, divided over ranks."""
-    key = "TRAIN.BATCH_SIZE" if split == "train" else "TEST.BATCH_SIZE"
-    total = cfg.TRAIN.BATCH_SIZE if split == "train" else cfg.TEST.BATCH_SIZE
-    if total % world_size:
-        raise ValueError(f"{key} = {total} is not divisible by the world size {world_size}; "
-                         f"use a multiple of {world_size}")
-    return total // world_size
+    """TRAIN.BATCH_SIZE (train) or TEST.BATCH_SIZE (val/test), a global count, divided over ranks; a train batch
+    also over the TRAIN.ACCUM_STEPS micro-batches whose gradients one optimizer step accumulates."""
+    train = split == "train"
+    key, total = ("TRAIN.BATCH_SIZE", cfg.TRAIN.BATCH_SIZE) if train else ("TEST.BATCH_SIZE", cfg.TEST.BATCH_SIZE)
+    accum = cfg.TRAIN.ACCUM_STEPS if train else 1
+    parts = world_size * accum
+    if total % parts:
+        over = f" x TRAIN.ACCUM_STEPS {accum}" if accum > 1 else ""
+        raise ValueError(f"{key} = {total} is not divisible by the world size {world_size}{over}; "
+                         f"use a multiple of {parts}")
+    return total // parts
 
 
 def build_loader(cfg, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -85,15 +90,23 @@ def build_loader(cfg, split: str, rank: int = 0, world_size: int = 1) -> DataLoa
     if train:
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                               seed=cfg.RNG_SEED, drop_last=True)
-        _check_one_batch(len(sampler), batch_size, world_size, len(dataset))
+        # One optimizer step takes ACCUM_STEPS loader batches.
+        _check_one_batch(len(sampler), batch_size * cfg.TRAIN.ACCUM_STEPS, world_size, len(dataset))
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
-    workers = cfg.DATA_LOADER.NUM_WORKERS
     base_seed = int(np.random.SeedSequence([cfg.RNG_SEED, rank]).generate_state(1)[0])
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_clips, pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
-                      drop_last=train, persistent_workers=workers > 0, worker_init_fn=seed_worker,
-                      generator=torch.Generator().manual_seed(base_seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_clips, drop_last=train,
+                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(base_seed),
+                      **loader_options(cfg.DATA_LOADER))
+
+
+def loader_options(options) -> dict:
+    """DATA_LOADER's keys as DataLoader arguments. Pinning needs CUDA; torch refuses persistent workers and a
+    prefetch factor without worker processes, so those two apply only with NUM_WORKERS > 0."""
+    workers = options.NUM_WORKERS
+    return {"num_workers": workers, "pin_memory": options.PIN_MEMORY and torch.cuda.is_available(),
+            "persistent_workers": workers > 0 and options.PERSISTENT_WORKERS,
+            "prefetch_factor": options.PREFETCH_FACTOR if workers > 0 else None}
 
 
 def _check_one_batch(per_rank_items: int, batch_size: int, world_size: int, total: int) -> None:

@@ -1,7 +1,8 @@
 """Training-loader benchmark: the full loader against the decode floor, on the same videos and frames.
 
-(a) loader: ``build_loader(cfg, "train")`` as training uses it (workers, decode, transforms, collate), in clips/s
-    and original samples/s (clips / AUG.NUM_SAMPLE).
+(a) loader: ``build_loader(cfg, "train")`` as training uses it (workers, decode, transforms, collate, and each
+    batch's clip normalised on the training device, ``normalize.py``), in clips/s and original samples/s
+    (clips / AUG.NUM_SAMPLE).
 (b) decode floor: each sample's frame indices (the union of its R windows, drawn exactly as the loader drew
     them) decoded by the backend library itself, nothing else, in as many processes as the loader has workers.
 (c) the same floor for every backend (those that cannot run here say why).
@@ -15,11 +16,14 @@ Next to wall-clock rates the report gives CPU milliseconds per sample (this proc
 """
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
 
 from videodiff.data.decode_floor import Decoders, floor_jobs
 from videodiff.data.decoding import BACKENDS, backend_problem, open_video
 from videodiff.data.loader import build_loader, set_loader_epoch
+from videodiff.data.normalize import ClipNormalizer
 
 Timing = Tuple[float, float]  # (wall seconds, CPU seconds)
 
@@ -64,12 +68,23 @@ def warm_up(loader, num_batches: int = 2) -> None:
             break
 
 
-def run_loader(loader, num_batches: int) -> None:
-    """The first ``num_batches`` epoch-0 batches of a warmed-up loader."""
+def run_loader(loader, num_batches: int, handover: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+    """The first ``num_batches`` epoch-0 batches of a warmed-up loader, each clip passed to ``handover``."""
     set_loader_epoch(loader, 0)
-    for i, _ in enumerate(loader):  # iter() resumes the persistent workers: no prefetch before the clock
+    for i, batch in enumerate(loader):  # iter() resumes the persistent workers: no prefetch before the clock
+        if handover is not None:
+            handover(batch["clip"])
         if i + 1 == num_batches:
             break
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the device's normalisation is part of the time
+
+
+def device_handover(cfg) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What training does with each batch's clip: copy it to the device (GPU when there is one), normalise it."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    normalize = ClipNormalizer.from_cfg(cfg)
+    return lambda clip: normalize(clip, device)
 
 
 def best(measure: Callable[[], None], repeats: int) -> Timing:
@@ -89,7 +104,7 @@ def machine() -> str:
 
 def run_data_benchmark(cfg, num_batches: int, repeats: int = 3, log: Callable[[str], None] = print) -> dict:
     """Measure (a), (b), (c) as the module docstring says; log a report whose last line is ``loader_vs_floor=``."""
-    loader = build_loader(cfg, "train")
+    loader, handover = build_loader(cfg, "train"), device_handover(cfg)
     num_batches = min(num_batches, len(loader))
     plan = sample_plan(loader, num_batches * loader.batch_size)
     processes, backend = max(cfg.DATA_LOADER.NUM_WORKERS, 1), cfg.DATA.DECODING_BACKEND
@@ -98,7 +113,7 @@ def run_data_benchmark(cfg, num_batches: int, repeats: int = 3, log: Callable[[s
     try:
         warm_up(loader)
         jobs = floor_jobs(plan, backend)
-        rounds = [(timed(lambda: run_loader(loader, num_batches)), timed(lambda: decoders.run(jobs)))
+        rounds = [(timed(lambda: run_loader(loader, num_batches, handover)), timed(lambda: decoders.run(jobs)))
                   for _ in range(repeats)]  # alternating, so other jobs' load hits both alike
         result = {"R": cfg.AUG.NUM_SAMPLE, "samples": len(plan)}
         result["loader"] = _rates(min(r[0][0] for r in rounds), min(r[0][1] for r in rounds), len(plan))
@@ -129,10 +144,13 @@ def _line(rates: Dict[str, float]) -> str:
 def _log_setup(cfg, loader, num_batches: int, samples: int, repeats: int, log) -> None:
     d = cfg.DATA
     log(f"machine: {machine()}")
+    o = cfg.DATA_LOADER
     log(f"setup: backend {d.DECODING_BACKEND}, AUG.NUM_SAMPLE R={cfg.AUG.NUM_SAMPLE}, {num_batches} batches x "
-        f"{loader.batch_size} videos = {samples} samples, {cfg.DATA_LOADER.NUM_WORKERS} workers, {d.NUM_FRAMES} "
-        f"frames every {d.SAMPLING_RATE}, crop {d.TRAIN_CROP_SIZE}, RandAug {cfg.AUG.RAND_AUG or 'off'}; best of "
-        f"{repeats} alternating rounds; workers and decoding processes started before the clock")
+        f"{loader.batch_size} videos = {samples} samples, {o.NUM_WORKERS} workers, {d.NUM_FRAMES} "
+        f"frames every {d.SAMPLING_RATE}, crop {d.TRAIN_CROP_SIZE}, RandAug {cfg.AUG.RAND_AUG or 'off'}; handover "
+        f"{'uint8, normalised on the device' if o.UINT8_HANDOVER else 'float32, normalised by the workers'}, "
+        f"prefetch {o.PREFETCH_FACTOR}; best of {repeats} alternating rounds; workers and decoding processes "
+        f"started before the clock")
 
 
 def _backend_floors(plan, decoders: Decoders, repeats: int, log) -> Dict[str, Dict[str, float]]:
@@ -157,7 +175,7 @@ def _repeated_aug(cfg, plan, decoders: Decoders, num_batches: int, repeats: int,
     naive_loader = build_loader(cfg, "train")
     naive_loader.dataset.shared_decode = False  # before its workers start, so they inherit it
     warm_up(naive_loader)
-    naive = _rates(*best(lambda: run_loader(naive_loader, num_batches), repeats), samples)
+    naive = _rates(*best(lambda: run_loader(naive_loader, num_batches, device_handover(cfg)), repeats), samples)
     loader = result["loader"]
     log(f"decoding the R={r} windows separately (floor): " + _line(separate)
         + f" -> the loader is {loader['samples_per_s'] / separate['samples_per_s']:.2f}x that")

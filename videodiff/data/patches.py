@@ -11,6 +11,7 @@ from typing import Iterator, Tuple
 import torch
 
 from videodiff.data.loader import build_loader, set_loader_epoch
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.models.patchify import patchify
 
 
@@ -39,7 +40,7 @@ class TrainPatches:
         self.count, self.passes = 0, 0
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        loader = build_loader(self.cfg, "train", 0, 1)
+        loader, normalize = build_loader(self.cfg, "train", 0, 1), ClipNormalizer.from_cfg(self.cfg)
         generator = torch.Generator().manual_seed(self.cfg.RNG_SEED)
         start, step = time.perf_counter(), 0
         self.count, self.passes = 0, 0
@@ -47,7 +48,7 @@ class TrainPatches:
             set_loader_epoch(loader, self.passes)
             before = self.count
             for batch in loader:
-                chunk = sample_patches(batch["clip"], self.layout, self.per_clip, generator)
+                chunk = sample_patches(normalize(batch["clip"]), self.layout, self.per_clip, generator)
                 chunk = chunk[:self.num_patches - self.count]
                 self.count += len(chunk)
                 yield chunk

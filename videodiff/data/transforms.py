@@ -1,8 +1,11 @@
-"""Clip transforms: uint8 frames ``[T, H, W, 3]`` in, normalized float clips ``[C, T, H, W]`` out.
+"""Clip transforms: uint8 frames ``[T, H, W, 3]`` in, clips ``[C, T, H, W]`` out: uint8 (``normalize=False``, the
+uint8 handover: the training device normalises, ``normalize.py``) or normalized float32 (``normalize=True``).
 
 Spatial work (crop, resize, flip) runs on the uint8 frames, before conversion to float: resizing a
 channels-last uint8 tensor is several times faster than resizing floats, and only the small crop is ever
 converted. Pixels are in [0, 1] after conversion; ``DATA.MEAN`` / ``DATA.STD`` are given for that range.
+Without RandAugment both handovers give bit-identical normalised clips; RandAugment works in float, and the
+uint8 handover rounds its output back to whole grey levels (at most half a level, 0.5 / 255, away).
 
 Train: random resized crop (one box for the whole clip, so motion is not jittered) + horizontal flip +
 optional RandAugment (``randaug.py``, the same operations on every frame); all draws come from the
@@ -15,6 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torchvision.transforms.v2.functional as F
 
+from videodiff.data.normalize import DEFAULT_MEAN, DEFAULT_STD, normalization_constants
 from videodiff.data.randaug import ClipRandAugment
 
 
@@ -40,10 +44,22 @@ def _to_normalized_clip(frames: torch.Tensor, mean: Sequence[float], std: Sequen
     if tuple(clip.shape) != shape:
         raise ValueError(f"out has shape {tuple(clip.shape)}, the clip {shape}")
     clip.copy_(frames.transpose(0, 1))
-    # (x / scale - mean) / std as one multiply and one subtract per pixel.
-    gain = torch.tensor([1.0 / (scale * s) for s in std]).view(-1, 1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(-1, 1, 1, 1)
+    gain, shift = normalization_constants(mean, std, scale)  # shared with the device-side ClipNormalizer
     return clip.mul_(gain).sub_(shift)
+
+
+def _to_uint8_clip(frames: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[T, C, H, W]`` (uint8, or float in [0, 1]) -> contiguous uint8 ``[C, T, H, W]``, into ``out`` when given.
+
+    Float frames (RandAugment's output) are rounded to the nearest grey level: the only change the uint8
+    handover makes to a clip."""
+    if frames.dtype != torch.uint8:
+        frames = frames.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    shape = (frames.shape[1], frames.shape[0], *frames.shape[2:])
+    clip = torch.empty(shape, dtype=torch.uint8) if out is None else out
+    if tuple(clip.shape) != shape or clip.dtype != torch.uint8:
+        raise ValueError(f"out is {clip.dtype} {tuple(clip.shape)}, the clip uint8 {shape}")
+    return clip.copy_(frames.transpose(0, 1))
 
 
 def _uniform(low: float, high: float, rng: torch.Generator) -> float:
@@ -106,21 +122,30 @@ def _resized_crop(frames: torch.Tensor, rows: Optional[Sequence[int]], box: Tupl
     return F.resize(_frames_first(crop), [size, size], antialias=True)
 
 
+def _handover(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], normalize: bool,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A transform's last step: normalized float32 ``[C, T, H, W]``, or uint8 for the device to normalise."""
+    return _to_normalized_clip(frames, mean, std, out) if normalize else _to_uint8_clip(frames, out)
+
+
 class TrainTransform:
     """Random resized crop to ``crop_size`` (same box every frame), random flip, RandAugment, normalize."""
 
     def __init__(self, crop_size: int, scale: Sequence[float] = (0.08, 1.0),
                  aspect: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
-                 mean: Sequence[float] = (0.45, 0.45, 0.45), std: Sequence[float] = (0.225, 0.225, 0.225),
-                 rand_aug: str = ""):
-        """``rand_aug``: a timm-style RandAugment setting such as ``rand-m9-n2-mstd0.5``; ``""`` = off."""
+                 mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
+                 rand_aug: str = "", normalize: bool = True):
+        """``rand_aug``: a timm-style RandAugment setting such as ``rand-m9-n2-mstd0.5``; ``""`` = off.
+        ``normalize`` False: hand over uint8 clips (``DATA_LOADER.UINT8_HANDOVER``), normalised on the device."""
         self.crop_size, self.scale, self.aspect = crop_size, tuple(scale), tuple(aspect)
         self.flip, self.mean, self.std = flip, tuple(mean), tuple(std)
         self.rand_aug: Optional[ClipRandAugment] = ClipRandAugment(rand_aug) if rand_aug else None
+        self.normalize = normalize
+        self.dtype = torch.float32 if normalize else torch.uint8  # of the clips handed over
 
     def __call__(self, frames: torch.Tensor, rng: torch.Generator, out: Optional[torch.Tensor] = None,
                  rows: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """uint8 ``[U, H, W, 3]`` -> normalized ``[C, T, crop, crop]`` (written into ``out`` when given).
+        """uint8 ``[U, H, W, 3]`` -> ``[C, T, crop, crop]`` of ``self.dtype`` (written into ``out`` when given).
 
         The clip is ``frames[rows]`` (all U frames when ``rows`` is None): repeated-augmentation clips pick
         their frames out of one shared decode without copying them first.
@@ -132,7 +157,7 @@ class TrainTransform:
             frames = frames.flip(-1)
         if self.rand_aug is not None:
             frames = self.rand_aug(frames.float().div_(255.0), rng)
-        return _to_normalized_clip(frames, self.mean, self.std, out)
+        return _handover(frames, self.mean, self.std, self.normalize, out)
 
 
 class TestTransform:
@@ -140,23 +165,26 @@ class TestTransform:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, crop_size: int, resize_size: int = 0,
-                 mean: Sequence[float] = (0.45, 0.45, 0.45), std: Sequence[float] = (0.225, 0.225, 0.225)):
+    def __init__(self, crop_size: int, resize_size: int = 0, mean: Sequence[float] = DEFAULT_MEAN,
+                 std: Sequence[float] = DEFAULT_STD, normalize: bool = True):
+        """``normalize`` False: hand over uint8 clips (``DATA_LOADER.UINT8_HANDOVER``), normalised on the device."""
         self.crop_size, self.resize_size = crop_size, resize_size or crop_size
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.normalize = tuple(mean), tuple(std), normalize
+        self.dtype = torch.float32 if normalize else torch.uint8  # of the clips handed over
 
     def __call__(self, frames: torch.Tensor, spatial_idx: int = 0, num_crops: int = 1) -> torch.Tensor:
-        """uint8 ``[T, H, W, 3]`` -> normalized ``[C, T, crop, crop]``."""
+        """uint8 ``[T, H, W, 3]`` -> ``[C, T, crop, crop]`` of ``self.dtype``."""
         frames = F.resize(_frames_first(frames), self.resize_size, antialias=True)
         top, left = spatial_crop_box(frames.shape[-2], frames.shape[-1], self.crop_size, spatial_idx, num_crops)
         frames = frames[..., top:top + self.crop_size, left:left + self.crop_size]
-        return _to_normalized_clip(frames, self.mean, self.std)
+        return _handover(frames, self.mean, self.std, self.normalize)
 
 
 def build_transform(cfg, split: str, test_crop_fraction: float = 1.0):
-    """The config's transform for ``split``; test resizes the short side to ``TEST_CROP_SIZE / test_crop_fraction``."""
-    d = cfg.DATA
+    """The config's transform for ``split``; test resizes the short side to ``TEST_CROP_SIZE / test_crop_fraction``.
+    With DATA_LOADER.UINT8_HANDOVER its clips are uint8: pass them through ``normalize.ClipNormalizer``."""
+    d, normalize = cfg.DATA, not cfg.DATA_LOADER.UINT8_HANDOVER
     if split == "train":
         return TrainTransform(d.TRAIN_CROP_SIZE, d.TRAIN_JITTER_SCALES_RELATIVE, d.TRAIN_JITTER_ASPECT_RELATIVE,
-                              d.RANDOM_FLIP, d.MEAN, d.STD, rand_aug=cfg.AUG.RAND_AUG)
-    return TestTransform(d.TEST_CROP_SIZE, round(d.TEST_CROP_SIZE / test_crop_fraction), d.MEAN, d.STD)
+                              d.RANDOM_FLIP, d.MEAN, d.STD, rand_aug=cfg.AUG.RAND_AUG, normalize=normalize)
+    return TestTransform(d.TEST_CROP_SIZE, round(d.TEST_CROP_SIZE / test_crop_fraction), d.MEAN, d.STD, normalize)

@@ -1,7 +1,8 @@
 """Config -> a ready Trainer: the one place where the training loop's settings are read from the config.
 
 ``build_trainer`` builds model, loaders and optimizer, maps the config to the plain arguments of ``Trainer`` and of
-each hook, assembles the hooks in order, restores the newest checkpoint (or initial weights), and wraps DDP.
+each hook, assembles the hooks in order, restores the newest checkpoint (or initial weights), and wraps DDP or FSDP
+(TRAIN.PARALLEL).
 """
 from typing import List, Optional
 
@@ -10,10 +11,13 @@ from timm.data import Mixup
 
 from videodiff.config import get_defaults
 from videodiff.data import build_loader
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.engine import checkpoint as ckpt
+from videodiff.engine.compile import compile_model
 from videodiff.engine.distributed import DistInfo, on_main_rank
 from videodiff.engine.ema_hook import EmaHook
 from videodiff.engine.evaluate import evaluate, has_split
+from videodiff.engine.fsdp import unsharded
 from videodiff.engine.hooks import CheckpointHook, EvalHook, Hook, LoggingHook, LRScheduleHook
 from videodiff.engine.logging import StatsWriter, logger
 from videodiff.engine.media_hook import SkippedMediaHook
@@ -66,10 +70,17 @@ def validation_hooks(cfg: CfgNode, trainer: Trainer, ema: Optional[EmaHook]) -> 
                        f"or val/): this run is not validated")
         return []
     loader = build_loader(cfg, "val", info.rank, info.world_size)
-    hooks: List[Hook] = [EvalHook(period, lambda: evaluate(trainer.model, loader, cfg, info, split="val"))]
+    hooks: List[Hook] = [EvalHook(period, lambda: validate(trainer, loader, cfg))]
     if ema is not None:
         hooks.append(EvalHook(period, lambda: evaluate(ema.module, loader, cfg, info, split="val_ema"), "val (EMA)"))
     return hooks
+
+
+def validate(trainer: Trainer, loader, cfg: CfgNode) -> dict:
+    """``evaluate`` of the trainer's model as it is now. A sharded (FSDP) model holds its full weights meanwhile, so
+    ranks with different numbers of batches never wait for each other inside a forward pass."""
+    with unsharded(trainer.model) as model:
+        return evaluate(model, loader, cfg, trainer.info, split="val")
 
 
 def restore(trainer: Trainer, cfg: CfgNode) -> None:
@@ -101,6 +112,9 @@ def pretrained_state(cfg: CfgNode, path: str) -> dict:
     ldae = build_model(source)
     ckpt.load_model_state(ldae, state, path)
     t = cfg.LDAE.PROBE_T
+    if not ldae.tokenizer.LINEAR and ldae.input_space == "latent" and not cfg.VIT.STEM_FILE:
+        raise ckpt.CheckpointError(f"checkpoint {path} is an l-DAE on conv VAE latents: its encoder reads the "
+                                   f"latent map, so set VIT.STEM_FILE {source.LDAE.TOKENIZER_FILE} (its tokenizer)")
     logger.info(f"{path}: l-DAE encoder (the first {ldae.dit.encoder_depth} of {len(ldae.dit.blocks)} DiT blocks) "
                 f"folded at t = {t} into a plain ViT that reads the clean image")
     return {"model": {f"encoder.{key}": value for key, value in ldae.export_encoder(t).items()}}
@@ -116,10 +130,14 @@ def build_trainer(cfg: CfgNode, info: DistInfo) -> Trainer:
     trainer = Trainer(model, loader, build_optimizer(model, cfg), max_epoch=cfg.SOLVER.MAX_EPOCH, info=info,
                       output_dir=cfg.OUTPUT_DIR, config_text=cfg.dump(), precision=precision_from_cfg(cfg),
                       clip_grad=cfg.SOLVER.CLIP_GRAD, skip_nonfinite_loss=cfg.TRAIN.SKIP_NONFINITE_LOSS,
-                      max_consecutive_skips=cfg.TRAIN.SKIP_NONFINITE_LIMIT, seed=cfg.RNG_SEED, stats=StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE))
+                      max_consecutive_skips=cfg.TRAIN.SKIP_NONFINITE_LIMIT, seed=cfg.RNG_SEED, stats=StatsWriter(cfg.OUTPUT_DIR, info.is_main, cfg.TENSORBOARD.ENABLE),
+                      normalize=ClipNormalizer.from_cfg(cfg), accum_steps=cfg.TRAIN.ACCUM_STEPS,
+                      parallel=cfg.TRAIN.PARALLEL)
     trainer.register_hooks(build_hooks(cfg, trainer))
     restore(trainer, cfg)
     trainer.wrap_distributed()
+    if cfg.MODEL.COMPILE:  # after DDP wrapping, as torch recommends (engine/compile.py)
+        trainer.model = compile_model(trainer.model, info.device, cfg.MODEL.COMPILE_MODE)
     return trainer
 
 

@@ -31,8 +31,8 @@ def dry_run(cfg: CfgNode) -> dict:
     model = build_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    clip = random_clip(cfg)
-    label = torch.zeros(1, dtype=torch.long)
+    clip = random_clip(cfg, batch=2)  # two clips: a linear probe's BatchNorm needs more than one value per channel
+    label = torch.zeros(2, dtype=torch.long)
     model.train()
     gflops = count_flops(model, clip, label)
     start = time.perf_counter()

@@ -14,6 +14,7 @@ from torch import nn
 
 from videodiff.data import build_loader
 from videodiff.data.bad_media import check_failed_fraction, drop_unreadable
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.engine import checkpoint as ckpt
 from videodiff.engine.distributed import DistInfo, all_gather_objects
 from videodiff.engine.ema_hook import ema_weights
@@ -33,16 +34,18 @@ def collect_outputs(model: nn.Module, loader, cfg: CfgNode, info: DistInfo, fail
     """This rank's per-view softmax scores {(video, view): (probs, label)} and summed loss / count.
 
     Placeholders of unreadable videos are dropped before the model; ``failed`` collects {video: path} of them.
+    Clips are normalised on the device with DATA.MEAN / STD, as in training (``data/normalize.py``).
     """
     model.eval()
     scores: Dict[Tuple[int, int], Tuple[np.ndarray, int]] = {}
     loss_sum, count = 0.0, 0
     failed = {} if failed is None else failed
+    normalize = ClipNormalizer.from_cfg(cfg)
     for batch in loader:
         batch = drop_unreadable(batch, failed)
         if not len(batch["clip"]):
             continue
-        clip = batch["clip"].to(info.device, non_blocking=True)
+        clip = normalize(batch["clip"], info.device)
         label = batch["label"].to(info.device, non_blocking=True)
         with autocast_for(cfg, info.device):
             out = model(clip, label)

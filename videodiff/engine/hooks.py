@@ -1,7 +1,8 @@
 """Trainer hooks: features attach to the one loop here instead of branching inside it (detectron2 style).
 
 A hook sees the trainer (``train.Trainer``) at fixed points. ``before_step`` may return a changed batch (mixup
-does); ``after_step`` gets the step's metrics (empty for a skipped non-finite step). Hooks take plain
+does); with gradient accumulation it sees each of the step's micro-batches. ``after_step`` gets the step's metrics
+(empty for a skipped non-finite step); ``trainer.iter`` counts optimizer steps. Hooks take plain
 arguments; ``engine/build.py`` reads the config and decides which hooks a run gets, in which order.
 """
 from typing import Callable, Dict, Optional

@@ -7,6 +7,8 @@ from fvcore.common.config import CfgNode
 from timm.optim import Lars, param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
+from videodiff.engine.logging import logger
+
 
 def scaled_lr(cfg: CfgNode) -> float:
     """Linear scaling rule: BASE_LR x global batch / 256, the batch counted in original samples."""
@@ -14,6 +16,8 @@ def scaled_lr(cfg: CfgNode) -> float:
 
 
 OPTIMIZERS = ("adamw", "sgd", "lars")  # the allowed SOLVER.OPTIMIZING_METHOD values
+# The allowed SOLVER.FUSED values (not on / off: YAML reads those as booleans).
+FUSED_SETTINGS = ("auto", "always", "never")
 
 
 def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
@@ -40,7 +44,9 @@ def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
     lr = scaled_lr(cfg)
     method = cfg.SOLVER.OPTIMIZING_METHOD
     if method == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.SOLVER.BETAS))
+        return build_adamw(groups, lr, tuple(cfg.SOLVER.BETAS), cfg.SOLVER.FUSED)
+    if cfg.SOLVER.FUSED == "always":
+        logger.info(f"SOLVER.FUSED always applies to AdamW only; {method} runs unfused")
     if method == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=True)
     if method == "lars":
@@ -55,6 +61,37 @@ def build_optimizer(model: nn.Module, cfg: CfgNode) -> torch.optim.Optimizer:
         return Lars(lars_groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, dampening=0.0, nesterov=False,
                     trust_coeff=cfg.SOLVER.LARS_TRUST_COEFF, eps=0.0, trust_clip=False)
     raise ValueError(f"SOLVER.OPTIMIZING_METHOD {method!r}: one of {', '.join(OPTIMIZERS)}")
+
+
+def build_adamw(groups: list, lr: float, betas: tuple, fused: str) -> torch.optim.AdamW:
+    """AdamW, with torch's fused kernel per ``fused`` (SOLVER.FUSED): "auto" fuses on CUDA only, where it is the
+    fastest; "always" asks for it wherever torch has the kernel. Where it is not used although asked for, one line says
+    why (torch itself would only fail at the first step)."""
+    params = [p for group in groups for p in group["params"]]
+    device = params[0].device if params else torch.device("cpu")
+    use = fused == "always" or (fused == "auto" and device.type == "cuda")
+    if fused == "auto" and not use:
+        logger.info(f"SOLVER.FUSED auto: fused AdamW is off on {device.type} (auto fuses on CUDA only)")
+    reason = fused_adamw_unsupported(params) if use else ""
+    if reason:
+        logger.warning(f"SOLVER.FUSED {fused}: fused AdamW is unsupported here ({reason}); running unfused")
+    # None, not False, when unfused: torch then picks its multi-tensor (foreach) path; False would loop per tensor.
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True if use and not reason else None)
+
+
+def fused_adamw_unsupported(params: list) -> str:
+    """Why torch's fused AdamW cannot update ``params``, or "" when it can."""
+    try:  # the devices torch has fused kernels for (private; a torch without it is assumed to fuse on CUDA only)
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:
+        devices = ["cuda"]
+    for p in params:
+        if p.device.type not in devices:
+            return f"torch has no fused kernel for {p.device.type} parameters"
+        if not torch.is_floating_point(p):
+            return f"a parameter is {p.dtype}, not floating point"
+    return ""
 
 
 LR_POLICIES = ("cosine", "constant")  # the allowed SOLVER.LR_POLICY values

@@ -3,20 +3,41 @@
 A model takes ``(clip, label)`` and returns a dict with ``"loss"``; its other 0-d tensors are logged as
 metrics. The loop never asks which method it is training: features attach as hooks (``hooks.py``).
 """
+import contextlib
 import time
-from typing import List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from videodiff.data import set_loader_epoch
+from videodiff.data.normalize import ClipNormalizer
 from videodiff.engine import checkpoint as ckpt
+from videodiff.engine import fsdp
 from videodiff.engine.distributed import DistInfo, all_gather_objects, all_reduce_mean, on_main_rank
 from videodiff.engine.hooks import Hook
 from videodiff.engine.logging import StatsWriter, logger
 from videodiff.engine.precision import Precision
 from videodiff.engine.seed import rng_state, seed_everything, set_rng_state
+
+
+def micro_batch_groups(loader: Iterable[dict], size: int) -> Iterator[List[dict]]:
+    """The loader's batches in consecutive lists of ``size`` (one optimizer step each); a shorter last list is
+    dropped, as the loader drops a short last batch."""
+    group: List[dict] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
+def mean_metrics(outs: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Each 0-d output averaged over the micro-batches (one micro-batch: the outputs themselves)."""
+    if len(outs) == 1:
+        return outs[0]
+    return {k: torch.stack([out[k].float() for out in outs]).mean() for k in outs[0]}
 
 
 class Trainer:
@@ -27,22 +48,33 @@ class Trainer:
     gradient norm; ``skip_nonfinite_loss`` skips a step with a NaN/Inf loss instead of stopping; ``seed`` makes
     every epoch's randomness a function of (seed, epoch, rank); ``max_consecutive_skips`` bounds how many
     non-finite steps in a row are skipped before the run stops. ``stats`` defaults to ``json_stats.log`` in
-    ``output_dir``, written by the main rank.
+    ``output_dir``, written by the main rank. ``normalize`` (DATA.MEAN / STD) turns the loader's uint8 clips into
+    normalised float32 on the device as each batch arrives (``data/normalize.py``). ``accum_steps`` > 1 accumulates
+    the gradients of that many loader batches (micro-batches) into each optimizer step; an iteration is one step.
+    ``parallel`` (a world of more than one): "ddp" replicates the model on every rank, "fsdp" shards weights,
+    gradients and optimizer state over the ranks (``engine/fsdp.py``).
     """
 
     def __init__(self, model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, max_epoch: int,
                  info: DistInfo = DistInfo(), output_dir: str = ".", config_text: str = "",
                  precision: Precision = Precision(), clip_grad: float = 0.0, skip_nonfinite_loss: bool = False,
-                 max_consecutive_skips: int = 10, seed: int = 0, stats: Optional[StatsWriter] = None):
+                 max_consecutive_skips: int = 10, seed: int = 0, stats: Optional[StatsWriter] = None,
+                 normalize: ClipNormalizer = ClipNormalizer(), accum_steps: int = 1, parallel: str = "ddp"):
         self.model, self.loader, self.optimizer, self.info = model, loader, optimizer, info
+        self.accum_steps, self.parallel = accum_steps, parallel
         self.max_epoch, self.output_dir, self.config_text = max_epoch, output_dir, config_text
         self.precision, self.clip_grad, self.seed = precision, clip_grad, seed
         self.skip_nonfinite_loss, self.max_consecutive_skips = skip_nonfinite_loss, max_consecutive_skips
         self.stats = stats or StatsWriter(output_dir, info.is_main, tensorboard=False)
+        self.normalize = normalize
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler(info.device))
         self.hooks: List[Hook] = []
         self.start_epoch, self.start_iter, self.epoch, self.iter, self.lr = 0, 0, 0, 0, 0.0
-        self.iters_per_epoch = len(loader)  # the full epoch, also when resuming part-way through one
+        # Iterations count optimizer steps (schedule, logging, checkpoint names), each ``accum_steps`` loader batches;
+        # the full epoch, also when resuming part-way through one.
+        self.iters_per_epoch = len(loader) // accum_steps
+        if accum_steps < 1 or not self.iters_per_epoch:
+            raise ValueError(f"accum_steps = {accum_steps}: expected 1 .. the loader's {len(loader)} batches per epoch")
         self.saved_rng: Optional[list] = None
         self.skipped_steps = self.consecutive_skips = 0
         self.last_checkpoint = ""
@@ -68,7 +100,13 @@ class Trainer:
                     + (f" iteration {self.start_iter + 1}" if self.start_iter else ""))
 
     def wrap_distributed(self) -> None:
-        if self.info.world_size > 1:
+        """DDP or FSDP over the ranks (``parallel``). Call after ``resume``, which loads into the plain model."""
+        if self.parallel not in fsdp.PARALLEL_MODES:
+            raise ValueError(f"parallel = {self.parallel!r}: expected one of {', '.join(fsdp.PARALLEL_MODES)}")
+        if self.info.world_size > 1 and self.parallel == "fsdp":
+            logger.info(fsdp.describe(self.model, self.info.world_size))
+            self.model = fsdp.shard_model(self.model, self.optimizer)
+        elif self.info.world_size > 1:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -82,9 +120,12 @@ class Trainer:
                                      + (f" iteration {iteration}" if iteration else "") + "; not saved; last good "
                                      f"checkpoint: {self.last_checkpoint or 'none yet'}")
         rng = all_gather_objects(rng_state())  # every rank's generators, so a resumed run replays them
+        model, optimizer = self.model, self.optimizer
+        if fsdp.is_sharded(self.model):  # the full states, gathered by every rank, in the file DDP writes
+            model, optimizer = fsdp.full_states(self.model, self.optimizer)
 
         def write() -> str:
-            return ckpt.save_checkpoint(self.output_dir, epoch, self.model, self.optimizer, self.scaler,
+            return ckpt.save_checkpoint(self.output_dir, epoch, model, optimizer, self.scaler,
                                         self.config_text, extra={"hooks": self.hook_states(), "rng": rng},
                                         iteration=iteration)
 
@@ -122,15 +163,17 @@ class Trainer:
                 hook.load_state_dict(states[name])
 
     # ------------------------------------------------------------------ loop
-    def step(self, batch: dict) -> dict:
-        """One optimisation step; returns the model's 0-d outputs (loss first) and ``grad_norm``, or {} when a
-        non-finite step was skipped (``skip_nonfinite_loss``)."""
-        clip = batch["clip"].to(self.info.device, non_blocking=True)
-        label = batch["label"].to(self.info.device, non_blocking=True)
-        with self.precision.autocast(self.info.device):
-            out = self.model(clip, label)
+    def step(self, batch: Union[dict, Iterable[dict]], micro_steps: int = 1) -> dict:
+        """One optimisation step on ``batch``, or on ``micro_steps`` micro-batches (an iterable, read one at a time)
+        whose gradients it accumulates: each micro-loss is scaled by 1 / ``micro_steps``, so the step is the one
+        their concatenation would give. Returns the model's 0-d outputs (loss first; each the mean over the
+        micro-batches) and ``grad_norm``, or {} when a non-finite step was skipped (``skip_nonfinite_loss``)."""
+        micro_batches = [batch] if isinstance(batch, dict) else batch
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
+        outs = [self.forward_backward(b, micro_steps, sync=i + 1 == micro_steps) for i, b in enumerate(micro_batches)]
+        if len(outs) != micro_steps:
+            raise ValueError(f"step got {len(outs)} micro-batches, expected micro_steps = {micro_steps}")
+        out = mean_metrics(outs)
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
         grad_norm = self.gradient_norm()
         if not self.step_is_finite(out["loss"], grad_norm):
@@ -139,17 +182,35 @@ class Trainer:
             return {}  # this step changes nothing
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        metrics = {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
-        return dict(metrics, grad_norm=grad_norm)
+        return dict(out, grad_norm=grad_norm)
+
+    def forward_backward(self, batch: dict, micro_steps: int, sync: bool) -> Dict[str, torch.Tensor]:
+        """Forward and backward of one (micro-)batch, the loss scaled by 1 / ``micro_steps``; under DDP the gradients
+        are all-reduced only when ``sync`` (the last micro-batch). Returns the output's 0-d tensors, detached, so
+        the rest of the output is freed before the next micro-batch."""
+        clip = batch["clip"].to(self.info.device, non_blocking=True)
+        label = batch["label"].to(self.info.device, non_blocking=True)
+        with self.gradient_sync(sync):
+            with self.precision.autocast(self.info.device):
+                out = self.model(clip, label)
+            self.scaler.scale(out["loss"] / micro_steps).backward()
+        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+
+    def gradient_sync(self, sync: bool):
+        """A context in which DDP all-reduces the gradients (``sync``) or only accumulates them (``no_sync``)."""
+        if sync or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def gradient_norm(self) -> torch.Tensor:
         """Total gradient norm (0-d, on the device), after clipping to ``clip_grad`` when that is > 0."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         if not params:
             return torch.zeros((), device=self.info.device)
+        # A sharded model's norm is a DTensor; the finite check and the logs take a plain tensor.
         if self.clip_grad > 0:
-            return nn.utils.clip_grad_norm_(params, self.clip_grad).detach()  # the norm before clipping
-        return nn.utils.get_total_norm([p.grad for p in params]).detach()
+            return fsdp.full_tensor(nn.utils.clip_grad_norm_(params, self.clip_grad)).detach()  # norm before clipping
+        return fsdp.full_tensor(nn.utils.get_total_norm([p.grad for p in params])).detach()
 
     def step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """True when the loss and the gradient are finite on every rank; else skip the step (opt-in, at most
@@ -181,14 +242,25 @@ class Trainer:
                        f"({self.skipped_steps} so far)")
         return False
 
+    def clip_on_device(self, batch: dict) -> dict:
+        """The batch with its clip on the device, normalised (``data/normalize.py``). Runs before any hook, so
+        mixup and the model see the float clips of the old float handover; ``step`` then moves nothing."""
+        return dict(batch, clip=self.normalize(batch["clip"], self.info.device))
+
+    def prepare(self, batch: dict) -> dict:
+        """A loader batch as the model sees it: the clip on the device, then every hook's ``before_step``."""
+        batch = self.clip_on_device(batch)
+        for hook in self.hooks:
+            batch = hook.before_step(self, batch)
+        return batch
+
     def run_epoch(self, start_iter: int = 0) -> None:
         self.model.train()
         tick = time.perf_counter()
-        for self.iter, batch in enumerate(self.loader, start=start_iter):
+        for self.iter, micro_batches in enumerate(micro_batch_groups(self.loader, self.accum_steps), start=start_iter):
             self.data_time = time.perf_counter() - tick
-            for hook in self.hooks:
-                batch = hook.before_step(self, batch)
-            metrics = self.step(batch)
+            # Each micro-batch is prepared just before its forward pass, so only one at a time is on the device.
+            metrics = self.step(map(self.prepare, micro_batches), micro_steps=len(micro_batches))
             self.step_time = time.perf_counter() - tick
             self.steps_this_run += 1
             for hook in self.hooks:
@@ -204,7 +276,7 @@ class Trainer:
             seed_everything(self.seed, self.epoch, self.info.rank)
             if start_iter:
                 self.restore_rng()
-            set_loader_epoch(self.loader, self.epoch, start_iter)
+            set_loader_epoch(self.loader, self.epoch, start_iter * self.accum_steps)  # skips loader batches
             for hook in self.hooks:
                 hook.before_epoch(self)
             self.run_epoch(start_iter)

@@ -7,6 +7,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from videodiff.models.classifier import VitClassifier
+from videodiff.models.conv_vae import ConvVAE, ConvVAETokenizer
 from videodiff.models.clip_target import CLIPTarget
 from videodiff.models.diffmae import DiffMAE
 from videodiff.models.ldae import LDAE, output_space_problem
@@ -41,11 +42,11 @@ def register_model(name: str, cls: type, args_from_cfg: Callable[[CfgNode], dict
 
 
 def vit_args(cfg: CfgNode) -> dict:
-    """The encoder's constructor arguments from VIT.*."""
+    """The encoder's constructor arguments from VIT.*, and MODEL.ACT_CHECKPOINT (every model with blocks takes it)."""
     v = cfg.VIT
     return dict(patch_size=v.PATCH_SIZE, t_patch=v.TEMPORAL_PATCH_SIZE, in_chans=v.IN_CHANNELS,
                 embed_dim=v.EMBED_DIM, depth=v.DEPTH, num_heads=v.NUM_HEADS, mlp_ratio=v.MLP_RATIO,
-                qkv_bias=v.QKV_BIAS, drop_path_rate=v.DROP_PATH_RATE)
+                qkv_bias=v.QKV_BIAS, drop_path_rate=v.DROP_PATH_RATE, act_checkpoint=cfg.MODEL.ACT_CHECKPOINT)
 
 
 def encoder_args(cfg: CfgNode) -> dict:
@@ -56,7 +57,19 @@ def encoder_args(cfg: CfgNode) -> dict:
         grid = (cfg.DATA.NUM_FRAMES // v.TEMPORAL_PATCH_SIZE, cfg.DATA.TRAIN_CROP_SIZE // v.PATCH_SIZE,
                 cfg.DATA.TRAIN_CROP_SIZE // v.PATCH_SIZE)
     return dict(vit_args(cfg), pos_embed_type=v.POS_EMBED, pos_grid=grid, cls_token=v.CLS_TOKEN,
-                norm_eps=v.NORM_EPS)
+                norm_eps=v.NORM_EPS, stem=_stem(cfg))
+
+
+def _stem(cfg: CfgNode):
+    """VIT.STEM_FILE's frozen conv VAE encoder (probing / fine-tuning an l-DAE that read its latents), or None."""
+    if not cfg.VIT.STEM_FILE:
+        return None
+    layout = patch_layout(cfg)
+    p = layout[1]
+    if cfg.TRAIN.DRY_RUN and not os.path.isfile(cfg.VIT.STEM_FILE):
+        print(f"dry run: VIT.STEM_FILE {cfg.VIT.STEM_FILE!r} does not exist; using a random conv VAE stand-in")
+        return _conv_vae_stand_in(cfg)
+    return ConvVAETokenizer.from_file(cfg.VIT.STEM_FILE, None, layout[0] * p * p * layout[2], layout)
 
 
 def classifier_args(cfg: CfgNode) -> dict:
@@ -137,9 +150,9 @@ def patch_layout(cfg: CfgNode) -> Tuple[int, int, int]:
     return cfg.VIT.TEMPORAL_PATCH_SIZE, cfg.VIT.PATCH_SIZE, cfg.VIT.IN_CHANNELS
 
 
-# LDAE.TOKENIZER values (models/tokenizers.py); the conv VAE comes next. "ae" / "vae" read a file of their kind.
-TOKENIZERS = ("pca", "ae", "vae", "pixel")
-_FILE_TOKENIZERS = {"ae": PatchAETokenizer, "vae": PatchVAETokenizer}
+# LDAE.TOKENIZER values (models/tokenizers.py, models/conv_vae.py). "ae" / "vae" / "conv_vae" read a file of their kind.
+TOKENIZERS = ("pca", "ae", "vae", "pixel", "conv_vae")
+_FILE_TOKENIZERS = {"ae": PatchAETokenizer, "vae": PatchVAETokenizer, "conv_vae": ConvVAETokenizer}
 
 
 def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
@@ -153,6 +166,8 @@ def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
     if cfg.TRAIN.DRY_RUN and not os.path.isfile(l.TOKENIZER_FILE):
         print(f"dry run: LDAE.TOKENIZER_FILE {l.TOKENIZER_FILE!r} does not exist; using an identity-basis "
               f"{l.TOKENIZER} stand-in")
+        if l.TOKENIZER == "conv_vae":
+            return _conv_vae_stand_in(cfg)
         if l.TOKENIZER == "pca":
             return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), l.LATENT_DIM, l.PCA_WHITEN)
         eye = torch.eye(big_d)[:l.LATENT_DIM]
@@ -166,6 +181,25 @@ def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
     return _FILE_TOKENIZERS[l.TOKENIZER].from_file(l.TOKENIZER_FILE, l.LATENT_DIM, big_d, layout)
 
 
+def conv_vae_args(cfg: CfgNode) -> dict:
+    """The conv VAE's constructor arguments from CONV_VAE.* (tools/fit_tokenizer.py --kind conv_vae builds it)."""
+    c = cfg.CONV_VAE
+    return dict(in_chans=cfg.VIT.IN_CHANNELS, latent_channels=c.LATENT_CHANNELS, width=c.WIDTH,
+                num_res_blocks=c.NUM_RES_BLOCKS, stride=c.STRIDE)
+
+
+def _conv_vae_token_dim(cfg: CfgNode) -> int:
+    t_patch, p, _ = patch_layout(cfg)
+    return t_patch * (p // cfg.CONV_VAE.STRIDE) ** 2 * cfg.CONV_VAE.LATENT_CHANNELS
+
+
+def _conv_vae_stand_in(cfg: CfgNode) -> ConvVAETokenizer:
+    """A randomly initialised conv VAE of CONV_VAE.*'s sizes with unit latent statistics (dry runs only)."""
+    c = cfg.CONV_VAE.LATENT_CHANNELS
+    return ConvVAETokenizer(ConvVAE(**conv_vae_args(cfg)), torch.zeros(c), torch.ones(c), cfg.VIT.PATCH_SIZE,
+                            cfg.VIT.TEMPORAL_PATCH_SIZE)
+
+
 def _ldae_args(cfg: CfgNode) -> dict:
     l, v = cfg.LDAE, cfg.VIT
     return dict(tokenizer=_ldae_tokenizer(cfg), patch_size=v.PATCH_SIZE, t_patch=v.TEMPORAL_PATCH_SIZE,
@@ -174,7 +208,8 @@ def _ldae_args(cfg: CfgNode) -> dict:
                 schedule=l.SCHEDULE, num_steps=l.STEPS, sigma_max=l.SIGMA_MAX, single_sigma=l.SINGLE_SIGMA,
                 predict=l.PREDICT, input_space=l.INPUT_SPACE, output_space=l.OUTPUT_SPACE,
                 loss_weight_kind=l.LOSS_WEIGHT, residual_weight=l.RESIDUAL_WEIGHT,
-                num_classes=cfg.MODEL.NUM_CLASSES if l.CLASS_COND else 0)
+                num_classes=cfg.MODEL.NUM_CLASSES if l.CLASS_COND else 0, class_dropout=l.CLASS_DROPOUT,
+                act_checkpoint=cfg.MODEL.ACT_CHECKPOINT)
 
 
 def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
@@ -186,6 +221,11 @@ def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
         yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}: {problem}"
     if not 1 <= l.LATENT_DIM <= big_d:
         yield "LDAE.LATENT_DIM", f"= {l.LATENT_DIM} must lie in 1 .. {big_d} (the values of one {layout} patch)"
+    elif l.TOKENIZER == "conv_vae" and layout[1] % cfg.CONV_VAE.STRIDE:
+        yield "CONV_VAE.STRIDE", f"= {cfg.CONV_VAE.STRIDE} does not divide VIT.PATCH_SIZE = {layout[1]}"
+    elif l.TOKENIZER == "conv_vae" and l.LATENT_DIM != _conv_vae_token_dim(cfg):
+        yield "LDAE.LATENT_DIM", (f"= {l.LATENT_DIM}, but a conv VAE token is t_patch x (p / CONV_VAE.STRIDE)^2 x "
+                                  f"CONV_VAE.LATENT_CHANNELS = {_conv_vae_token_dim(cfg)} values (paper footnote 2)")
     elif l.TOKENIZER == "pixel" and l.LATENT_DIM != big_d:
         yield "LDAE.LATENT_DIM", (f"= {l.LATENT_DIM}, but LDAE.TOKENIZER pixel keeps every value of a {layout} "
                                   f"patch: set it to {big_d} (t_patch x p x p x C; choose d through "

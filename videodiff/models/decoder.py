@@ -29,6 +29,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from videodiff.models.act_checkpoint import run_block
 from videodiff.models.masking import Grid, Mask, gather_tokens
 from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.timestep import TimestepEmbedder
@@ -119,12 +120,14 @@ class DiffMAEDecoder(nn.Module):
     """What every variant shares; subclasses say which blocks they stack and how those see the encoder.
 
     Args: ``encoder_dim`` / ``encoder_depth`` of the encoder it reads, ``slice_dim`` S = p·p·C of a target
-    slice, ``dim`` / ``depth`` / ``num_heads`` of the decoder.
+    slice, ``dim`` / ``depth`` / ``num_heads`` of the decoder; ``act_checkpoint`` recomputes each block in the
+    backward (``act_checkpoint.py``).
     """
 
     def __init__(self, encoder_dim: int, encoder_depth: int, slice_dim: int, dim: int = 512, depth: int = 8,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+                 num_heads: int = 16, mlp_ratio: float = 4.0, qkv_bias: bool = True, act_checkpoint: bool = False):
         super().__init__()
+        self.act_checkpoint = act_checkpoint
         self.reads: List[int] = self.encoder_reads(encoder_depth, depth)
         self.encoder_proj = nn.Linear(encoder_dim, dim)
         self.noisy_embed = nn.Linear(slice_dim, dim)
@@ -170,7 +173,7 @@ class JointDecoder(DiffMAEDecoder):
         visible = contexts[self.reads[0]] + gather_tokens(pos, mask.ids_keep)               # [B, K, Dd]
         x = torch.cat([visible, x], dim=1)                                                    # [B, K + M, Dd]
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, act_checkpoint=self.act_checkpoint)
         return x[:, visible.shape[1]:]                                                        # [B, M, Dd]
 
 
@@ -183,7 +186,7 @@ class CrossDecoder(DiffMAEDecoder):
 
     def run_blocks(self, x, contexts, pos, mask):
         for block, source in zip(self.blocks, self.reads):
-            x = block(x, contexts[source])
+            x = run_block(block, x, contexts[source], act_checkpoint=self.act_checkpoint)
         return x
 
 

@@ -50,7 +50,7 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
                  decoder_embed_dim: int = 512, decoder_num_heads: int = 16, mask_type: str = "random",
                  mask_ratio: float = 0.9, target_slice: int = 0, norm_pix_loss: bool = False,
                  num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, rho: float = 0.8,
-                 schedule: str = "linear", clip_target: Optional[nn.Module] = None):
+                 schedule: str = "linear", clip_target: Optional[nn.Module] = None, act_checkpoint: bool = False):
         super().__init__()
         check_mask_kind(mask_type)
         if not 0 <= target_slice < t_patch:
@@ -63,10 +63,12 @@ class DiffMAE(MaskedTokensMixin, nn.Module):
             self.diffusion = GaussianDiffusion(num_steps, beta_start, beta_end, rho, schedule)
 
         self.encoder = VisionTransformer(patch_size, t_patch, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True)
+                                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True,
+                                         act_checkpoint=act_checkpoint)
         self.decoder = build_decoder(decoder_type, encoder_dim=embed_dim, encoder_depth=depth,
                                      slice_dim=self.slice_dim, dim=decoder_embed_dim, depth=decoder_depth,
-                                     num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+                                     num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                     act_checkpoint=act_checkpoint)
         self.clip_target = clip_target  # initialised by itself; None = pixel-only DiffMAE
 
     # ------------------------------------------------------------------ the method, one step each

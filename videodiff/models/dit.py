@@ -2,7 +2,9 @@
 
     tokens [B, N, in_dim] -> embed (Linear) + 3-D sin-cos positions -> DiTBlock x depth -> FinalLayer -> [B, N, out_dim]
     t [B] -> sin-cos features (256) -> Linear(256, cond_dim) -> SiLU -> Linear(cond_dim, cond_dim) = c [B, cond_dim]
-    (+ label embedding [B, cond_dim] when class-conditional)
+    (+ label embedding [B, cond_dim] when class-conditional; DiT's extra "null" row num_classes stands for no label:
+    a training label is replaced by it with probability ``class_dropout``, and probing folds it, so the probe
+    needs no label)
 
 Each block turns c into six vectors, ``SiLU -> Linear(cond_dim, 6·D)`` -> shift, scale, gate for the attention and
 for the MLP, and computes ``x + gate · attn(modulate(LN(x), shift, scale))`` then the same with the MLP. The
@@ -44,6 +46,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 
+from videodiff.models.act_checkpoint import run_block
 from videodiff.models.pos_embed import SinCosCache
 from videodiff.models.timestep import TimestepEmbedder, sinusoidal_features
 
@@ -105,17 +108,19 @@ class DiT(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, cond_dim: Optional[int] = None, num_classes: int = 0,
-                 encoder_depth: Optional[int] = None):
+                 encoder_depth: Optional[int] = None, class_dropout: float = 0.1, act_checkpoint: bool = False):
         super().__init__()
+        self.act_checkpoint = act_checkpoint  # recompute each block in backward (act_checkpoint.py)
         self.cond_dim = cond_dim or embed_dim // 4
         self.encoder_depth = depth // 2 if encoder_depth is None else encoder_depth
         if not 0 < self.encoder_depth <= depth:
             raise ValueError(f"encoder_depth must be in [1, depth={depth}], got {self.encoder_depth}")
-        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.embed_dim, self.num_classes, self.class_dropout = embed_dim, num_classes, class_dropout
         self.embed = nn.Linear(in_dim, embed_dim)
         self._sincos = SinCosCache(embed_dim)
         self.t_embedder = TimestepEmbedder(self.cond_dim, FREQ_DIM)
-        self.label_embed = nn.Embedding(num_classes, self.cond_dim) if num_classes > 0 else None
+        # num_classes + 1 rows: the last is DiT's null class (classifier-free guidance's "no label").
+        self.label_embed = nn.Embedding(num_classes + 1, self.cond_dim) if num_classes > 0 else None
         self.blocks = nn.ModuleList([DiTBlock(embed_dim, num_heads, mlp_ratio, self.cond_dim) for _ in range(depth)])
         self.final_layer = FinalLayer(embed_dim, out_dim, self.cond_dim)
         self.initialize_weights()
@@ -155,6 +160,9 @@ class DiT(nn.Module):
         if self.label_embed is not None:
             if label is None:
                 raise ValueError(f"this DiT is class-conditional (num_classes={self.num_classes}); pass a label")
+            if self.training and self.class_dropout > 0:  # DiT's label dropout, which trains the null row
+                drop = torch.rand(label.shape, device=label.device) < self.class_dropout
+                label = torch.where(drop, torch.full_like(label, self.num_classes), label)
             c = c + self.label_embed(label)
         return c
 
@@ -163,7 +171,7 @@ class DiT(nn.Module):
         """The first ``encoder_depth`` blocks only: -> [B, N, embed_dim] (no final norm)."""
         x, c = self.embed_tokens(tokens, grid), self.condition(t, label)
         for block in self.blocks[:self.encoder_depth]:
-            x = block(x, c)
+            x = run_block(block, x, c, act_checkpoint=self.act_checkpoint)
         return x
 
     def forward(self, tokens: Tensor, t: Tensor, grid: Tuple[int, int, int],
@@ -171,7 +179,7 @@ class DiT(nn.Module):
         """tokens [B, N, in_dim], t [B], grid (T', H', W') with N = T'·H'·W' -> [B, N, out_dim]."""
         x, c = self.embed_tokens(tokens, grid), self.condition(t, label)
         for block in self.blocks:
-            x = block(x, c)
+            x = run_block(block, x, c, act_checkpoint=self.act_checkpoint)
         return self.final_layer(x, c)
 
 
@@ -189,7 +197,8 @@ def fold_encoder(dit_state: Dict[str, Tensor], t: int, encoder_depth: int, prefi
         gate · (W h + b) = (gate ⊙ W) h + gate ⊙ b    -> attn.proj / mlp.fc2 rows scaled by the gate
 
     The input Linear (``embed.*``) and the positions are not folded here: the caller composes them with its
-    tokenizer into the ViT's patch embedding. A class-conditional DiT needs the ``label`` to fold for.
+    tokenizer into the ViT's patch embedding. A class-conditional DiT is folded for ``label``, by default its null
+    class (the last row of ``label_embed``: no label, as the probe has none).
     The merge is computed in float64 and returned in the weights' dtype.
     """
     def get(name: str) -> Tensor:
@@ -204,9 +213,8 @@ def fold_encoder(dit_state: Dict[str, Tensor], t: int, encoder_depth: int, prefi
     c = F.linear(features, first.double(), get("t_embedder.mlp.0.bias").double())
     c = F.linear(F.silu(c), get("t_embedder.mlp.2.weight").double(), get("t_embedder.mlp.2.bias").double())[0]
     if prefix + "label_embed.weight" in dit_state:
-        if label is None:
-            raise ValueError("the DiT is class-conditional: fold_encoder needs the label to fold the conditioning for")
-        c = c + get("label_embed.weight")[label].double()
+        table = get("label_embed.weight")
+        c = c + table[len(table) - 1 if label is None else label].double()
 
     folded: Dict[str, Tensor] = {}
     for i in range(encoder_depth):

@@ -21,6 +21,7 @@ Conventions:
   input, then the DiT's input Linear) folded into one Conv3d patch embedding: a plain ``VisionTransformer`` state dict
   (no final norm) that reads the clean image.
 """
+import logging
 from typing import Dict, Optional
 
 import torch
@@ -33,6 +34,7 @@ from videodiff.models.patchify import patchify
 from videodiff.models.tokenizers import PatchTokenizer
 
 SPACES = ("latent", "image")
+logger = logging.getLogger(__name__)
 
 
 class LDAE(nn.Module):
@@ -43,9 +45,13 @@ class LDAE(nn.Module):
                  encoder_depth: Optional[int] = None, cond_dim: Optional[int] = None, schedule: str = "linear_sigma",
                  num_steps: int = 1000, sigma_max: float = 2 ** 0.5, single_sigma: float = (1 / 3) ** 0.5,
                  predict: str = "image", input_space: str = "image", output_space: str = "image",
-                 loss_weight_kind: str = "auto", residual_weight: float = 0.1, num_classes: int = 0):
+                 loss_weight_kind: str = "auto", residual_weight: float = 0.1, num_classes: int = 0,
+                 class_dropout: float = 0.1, act_checkpoint: bool = False):
         super().__init__()
         check_ldae_choices(predict, input_space, output_space, tokenizer)
+        if num_classes:
+            logger.warning(f"l-DAE is class-conditional ({num_classes} classes): this run trains on labels, so its "
+                           f"probe is not a self-supervised result (the paper's gray Table 1 line)")
         if tokenizer.D != t_patch * patch_size * patch_size * in_chans:
             raise ValueError(f"the tokenizer works on {tokenizer.D}-value patches, but {t_patch}x{patch_size}x"
                              f"{patch_size}x{in_chans} patches have {t_patch * patch_size * patch_size * in_chans}")
@@ -55,7 +61,7 @@ class LDAE(nn.Module):
         d, big_d = tokenizer.d, tokenizer.D
         self.dit = DiT(d if input_space == "latent" else big_d, d if output_space == "latent" else big_d,
                        embed_dim, depth, num_heads, mlp_ratio, cond_dim=cond_dim, num_classes=num_classes,
-                       encoder_depth=encoder_depth)
+                       encoder_depth=encoder_depth, class_dropout=class_dropout, act_checkpoint=act_checkpoint)
         with torch.device("cpu"):  # schedule arrays are computed on the CPU, also when built under a meta device
             gamma, sigma = noise_schedule(schedule, num_steps, sigma_max, single_sigma)
             lam = loss_weight(loss_weight_kind, predict, gamma, sigma)
@@ -76,12 +82,12 @@ class LDAE(nn.Module):
         """z_t = γ_t z_0 + σ_t ε; z0, eps [B, N, d], t [B]."""
         return self.gamma[t][:, None, None] * z0 + self.sigma[t][:, None, None] * eps
 
-    def network_input(self, z_t: torch.Tensor) -> torch.Tensor:
+    def network_input(self, z_t: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
         """[B, N, d] latent tokens, or the noisy image's patches [B, N, D] through the inverse PCA."""
-        return z_t if self.input_space == "latent" else self.tokenizer.decode(z_t)
+        return z_t if self.input_space == "latent" else self.tokenizer.decode(z_t, grid)
 
     def forward_loss(self, pred: torch.Tensor, x0: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+                     t: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
         """λ_t-weighted mean squared error against the target of ``self.predict`` (module docstring)."""
         pred = pred.float()
         if self.predict == "image":  # r = V (x_0 - net): the residue in the full PCA basis, components weighted
@@ -89,7 +95,7 @@ class LDAE(nn.Module):
         else:
             target = eps if self.predict == "eps" else z0
             if self.output_space == "image":
-                target = self.tokenizer.decode(target)
+                target = self.tokenizer.decode(target, grid)
             per_dim = (pred - target.float()).pow(2)
         return (self.lam[t] * per_dim.mean(dim=(1, 2))).mean()
 
@@ -97,16 +103,17 @@ class LDAE(nn.Module):
         """clip [B, C, T, H, W] -> {"loss"}; ``label`` is used only by the class-conditional DiT (Table 1, line 1)."""
         # The tokenizer and the loss stay in float32 under mixed precision: PCA projections and the residue's
         # small components are what bf16 would round away.
+        grid = self.grid(clip)
         with torch.autocast(clip.device.type, enabled=False):
             x0 = patchify(clip.float(), self.t_patch, self.patch_size)             # [B, N, D]
-            z0 = self.tokenizer.encode(x0)                                          # [B, N, d]
+            z0 = self.tokenizer.encode(x0, grid)                                    # [B, N, d]
             t = torch.randint(0, self.num_steps, (clip.shape[0],), device=clip.device)
             eps = torch.randn_like(z0)
-            inputs = self.network_input(self.add_noise(z0, t, eps))
+            inputs = self.network_input(self.add_noise(z0, t, eps), grid)
         cond = label if self.dit.num_classes else None
-        pred = self.dit(inputs, t, self.grid(clip), cond)                           # [B, N, d or D]
+        pred = self.dit(inputs, t, grid, cond)                                      # [B, N, d or D]
         with torch.autocast(clip.device.type, enabled=False):
-            return {"loss": self.forward_loss(pred, x0, z0, eps, t)}
+            return {"loss": self.forward_loss(pred, x0, z0, eps, t, grid)}
 
     # ------------------------------------------------------------------ probing and fine-tuning
     @torch.no_grad()
@@ -117,11 +124,15 @@ class LDAE(nn.Module):
             raise ValueError(f"LDAE.PROBE_T = {t} is not a step of this model: expected 0 .. {self.num_steps - 1}")
         state = fold_encoder(self.dit.state_dict(), t, self.dit.encoder_depth)
         weight, bias = self.dit.embed.weight.float(), self.dit.embed.bias.float()   # [E, in_dim], [E]
-        if self.input_space == "latent":  # compose with the tokenizer's affine encode: z = x A^T + c
+        p, chans = self.patch_size, self.in_chans
+        if self.input_space == "latent" and self.tokenizer.LINEAR:  # compose with the affine encode: z = x A^T + c
             a, c = affine_map(self.tokenizer)
             weight, bias = weight @ a, bias + weight @ c
-        e, p = weight.shape[0], self.patch_size
-        state["patch_embed.proj.weight"] = weight.reshape(e, self.t_patch, p, p, self.in_chans).permute(0, 4, 1, 2, 3)
+        elif self.input_space == "latent":  # a conv VAE: kept as the ViT's frozen stem, the embedding reads its map
+            p, chans = self.tokenizer.latent_patch, self.tokenizer.out_channels
+            state.update({f"stem.{k}": v for k, v in self.tokenizer.state_dict().items()})
+        e = weight.shape[0]
+        state["patch_embed.proj.weight"] = weight.reshape(e, self.t_patch, p, p, chans).permute(0, 4, 1, 2, 3)
         state["patch_embed.proj.bias"] = bias
         return {k: v.contiguous() for k, v in state.items()}
 

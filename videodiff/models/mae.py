@@ -12,6 +12,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from videodiff.models.act_checkpoint import run_block
 from videodiff.models.masking import Grid, Mask, check_mask_kind, merge_tokens
 from videodiff.models.patchify import patch_normalize, patchify
 from videodiff.models.masked_tokens import MaskedTokensMixin
@@ -26,15 +27,16 @@ class MAE(MaskedTokensMixin, nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.0, decoder_depth: int = 8, decoder_embed_dim: int = 512,
                  decoder_num_heads: int = 16, mask_type: str = "random", mask_ratio: float = 0.9,
-                 norm_pix_loss: bool = True):
+                 norm_pix_loss: bool = True, act_checkpoint: bool = False):
         super().__init__()
         check_mask_kind(mask_type)
         self.patch_size, self.t_patch = patch_size, t_patch
-        self.decoder_embed_dim = decoder_embed_dim
+        self.decoder_embed_dim, self.act_checkpoint = decoder_embed_dim, act_checkpoint
         self.mask_type, self.mask_ratio, self.norm_pix_loss = mask_type, mask_ratio, norm_pix_loss
 
         self.encoder = VisionTransformer(patch_size, t_patch, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True)
+                                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, final_norm=True,
+                                         act_checkpoint=act_checkpoint)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_blocks = nn.ModuleList([
@@ -62,7 +64,7 @@ class MAE(MaskedTokensMixin, nn.Module):
         x = merge_tokens(latent, mask_tokens, mask.ids_keep, mask.ids_masked)      # [B, N, Dd], token order
         x = x + self._sincos(grid, x.device, x.dtype)                              # decoder-width positions
         for block in self.decoder_blocks:
-            x = block(x)
+            x = run_block(block, x, act_checkpoint=self.act_checkpoint)
         return self.decoder_pred(self.decoder_norm(x))                              # [B, N, t·p·p·C]
 
     def targets(self, clip: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ FIT_TOOL = "tools/fit_pca.py --cfg <config>"
 # Names and fit commands of the file kinds, for the one-line refusals of ``from_file``.
 FILE_KINDS = {"pca": ("PCA", FIT_TOOL),
               "ae": ("patch AE", "tools/fit_tokenizer.py --cfg <config> --kind ae"),
-              "vae": ("patch VAE", "tools/fit_tokenizer.py --cfg <config> --kind vae")}
+              "vae": ("patch VAE", "tools/fit_tokenizer.py --cfg <config> --kind vae"),
+              "conv_vae": ("conv VAE", "tools/fit_tokenizer.py --cfg <config> --kind conv_vae")}
 # Whitening divides component i by sqrt(max(eigenvalue_i, WHITEN_FLOOR · eigenvalue_0)): a component without
 # variance in the fit data (e.g. constant pixels) stays finite, and decode still inverts encode exactly.
 WHITEN_FLOOR = 1e-10
@@ -56,15 +57,20 @@ def fit_command(kind: str) -> str:
 
 class PatchTokenizer(nn.Module):
     """Maps flat patches x [B, N, D] (patchify layout: t_patch·p·p·C, channel fastest) to latents [B, N, d] and
-    back. Subclasses set ``D`` (patch size) and ``d`` (latent size) and implement ``encode`` / ``decode``."""
+    back. Subclasses set ``D`` (patch size) and ``d`` (latent size) and implement ``encode`` / ``decode``.
+
+    ``grid`` (T', H', W'), the token grid of the patches, is passed by l-DAE; the patch-wise tokenizers here map each
+    patch on its own and ignore it, the conv VAE (``conv_vae.py``) needs it. ``LINEAR``: encode is affine, so l-DAE
+    folds it into the probe's patch embedding (``ldae.affine_map``); a non-linear one is kept as a frozen stem."""
     D: int
     d: int
+    LINEAR = True
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         """x [B, N, D] -> z [B, N, d]."""
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, grid=None) -> torch.Tensor:
         """z [B, N, d] -> x [B, N, D]."""
         raise NotImplementedError
 
@@ -96,12 +102,12 @@ class PCATokenizer(PatchTokenizer):
         eig = self.eigenvalues.clamp_min(1e-30)  # 1e-30: a fit on constant data still gives finite latents
         return torch.maximum(eig[:self.d], WHITEN_FLOOR * eig[0]).sqrt()
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         """x [B, N, D] -> z [B, N, d] = (x - mean) @ V_d^T, divided by sqrt(eigenvalues[:d]) if whitening."""
         z = (x - self.mean) @ self.basis[:self.d].T
         return z / self._scale() if self.whiten else z
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, grid=None) -> torch.Tensor:
         """z [B, N, d] -> x [B, N, D] = (z, times sqrt(eigenvalues[:d]) if whitening) @ V_d + mean."""
         if self.whiten:
             z = z * self._scale()
@@ -173,11 +179,11 @@ class PatchAETokenizer(PatchTokenizer):
         for name, value in (("mean", mean), ("encoder", encoder), ("decoder", decoder), ("scale", scale)):
             self.register_buffer(name, value.detach().float().clone())
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         """x [B, N, D] -> z [B, N, d] = ((x - mean) @ V^T) / scale."""
         return (x - self.mean) @ self.encoder.T / self.scale
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, grid=None) -> torch.Tensor:
         """z [B, N, d] -> x [B, N, D] = (z · scale) @ U + mean."""
         return (z * self.scale) @ self.decoder + self.mean
 
@@ -227,10 +233,10 @@ class PixelTokenizer(PatchTokenizer):
             raise ValueError(f"the patch size D must be >= 1, got {D}")
         self.D = self.d = int(D)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, grid=None) -> torch.Tensor:
         return x
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, grid=None) -> torch.Tensor:
         return z
 
     def full_coefficients(self, x: torch.Tensor) -> torch.Tensor:

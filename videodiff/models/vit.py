@@ -16,6 +16,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from videodiff.models.act_checkpoint import run_block
 from videodiff.models.patch_embed import PatchEmbed3d
 from videodiff.models.pos_embed import SinCosCache
 
@@ -26,14 +27,23 @@ class VisionTransformer(nn.Module):
     def __init__(self, patch_size: int = 16, t_patch: int = 2, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.0, final_norm: bool = True, pos_embed_type: str = "sincos",
-                 pos_grid: Optional[Tuple[int, int, int]] = None, cls_token: bool = False, norm_eps: float = 1e-5):
+                 pos_grid: Optional[Tuple[int, int, int]] = None, cls_token: bool = False, norm_eps: float = 1e-5,
+                 stem: Optional[nn.Module] = None, act_checkpoint: bool = False):
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed_type must be one of {', '.join(POS_EMBED_TYPES)}, got {pos_embed_type!r}")
         self.embed_dim, self.depth, self.pos_embed_type = embed_dim, depth, pos_embed_type
         self.num_prefix_tokens = int(cls_token)
+        self.act_checkpoint = act_checkpoint  # recompute each block in backward (act_checkpoint.py)
         # MAE, MAE-ST and VideoMAE use eps 1e-6; imported weights reproduce their features only with theirs.
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        # A frozen stem (an l-DAE's conv VAE encoder: clip -> latent map, ``stride`` times smaller, ``out_channels``
+        # deep) comes before the patch embedding, whose kernel then covers the latent cells of one p x p patch.
+        self.stem = stem.requires_grad_(False) if stem is not None else None
+        if stem is not None:
+            if patch_size % stem.stride:
+                raise ValueError(f"patch size {patch_size} is not a multiple of the stem's stride {stem.stride}")
+            patch_size, in_chans = patch_size // stem.stride, stem.out_channels
         self.patch_embed = PatchEmbed3d(patch_size, t_patch, in_chans, embed_dim)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList([
@@ -75,6 +85,8 @@ class VisionTransformer(nn.Module):
 
     def embed(self, clip: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
         """Patch-embed and add positions: -> (tokens [B, N, D], grid (T', H', W'))."""
+        if self.stem is not None:
+            clip = self.stem(clip)
         grid = self.patch_embed.grid_size(clip.shape)
         x = self.patch_embed(clip)
         return x + self.pos_embed(grid, x.device, x.dtype), grid
@@ -102,7 +114,7 @@ class VisionTransformer(nn.Module):
         x = self.prepend_cls_token(x)
         features: Dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[:max(wanted) + 1]):
-            x = block(x)
+            x = run_block(block, x, act_checkpoint=self.act_checkpoint)
             if i in wanted:
                 features[i] = self.norm(x)
         return features
