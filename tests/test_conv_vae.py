@@ -160,3 +160,16 @@ def test_fit_train_and_probe_a_tiny_conv_vae_ldae_through_the_tools(tmp_path):
     run_net("configs/demo/ldae_tiny_linprobe.yaml", [*probe, "VIT.STEM_FILE", vae_file])
     log = open(os.path.join(tmp_path / "probe", "log.txt")).read()
     assert "folded at t = 10 into a plain ViT" in log
+
+
+def test_fig8_shows_the_rows_of_v_for_patch_wise_tokenizers_only():
+    from videodiff.models.tokenizers import PatchAETokenizer, PCATokenizer, PixelTokenizer
+    from videodiff.visualize_ldae import filter_figure, tokenizer_filters
+
+    D = 192
+    pca = PCATokenizer(torch.zeros(D), torch.eye(D), torch.ones(D), 8)
+    ae = PatchAETokenizer(torch.zeros(D), torch.randn(8, D), torch.randn(8, D), torch.ones(8))
+    assert torch.equal(tokenizer_filters(pca), pca.basis) and torch.equal(tokenizer_filters(ae), ae.encoder)
+    assert tokenizer_filters(PixelTokenizer(D)) is None and tokenizer_filters(tokenizer()) is None
+    image = filter_figure(ae.encoder, 1, 8, 3, count=8, per_row=4, zoom=2)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"

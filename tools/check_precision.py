@@ -16,8 +16,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from videodiff.engine.precision_check import run_precision_check  # noqa: E402
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +26,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=1568, help="tokens per clip (default 1568: 8x14x14)")
     parser.add_argument("--batch", type=int, default=2, help="clips (default 2)")
     args = parser.parse_args(argv)
+    # After parsing, so that --help answers without the seconds torch and timm take to import.
     import torch
+
+    from videodiff.engine.precision_check import run_precision_check
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA GPU visible to torch (use --device cpu for the CPU self-test)", file=sys.stderr)

@@ -2,9 +2,11 @@
 """Fit l-DAE's patch-wise PCA tokenizer: eigen-decomposition of many random patches of the train split.
 
 The train loader is built from the config exactly as training builds it (same augmentation, DATA.MEAN / STD
-normalisation, VIT.TEMPORAL_PATCH_SIZE x VIT.PATCH_SIZE^2 x VIT.IN_CHANNELS patches in patchify's layout). Up to
+normalisation, VIT.TEMPORAL_PATCH_SIZE x VIT.PATCH_SIZE^2 x VIT.IN_CHANNELS patches in patchify's layout; for a
+video config with LDAE.TOKENIZER_SCOPE frame, 1 x VIT.PATCH_SIZE^2 x VIT.IN_CHANNELS patches of every frame). Up to
 --patches-per-clip random patches of each clip (drawn with RNG_SEED) are added to a streaming fit, O(D^2)
-memory, until --num-patches are reached; if one pass over the split is not enough, the tool says so and passes
+memory, until --num-patches are reached; the loader's batches are at most 8 clips whatever TRAIN.BATCH_SIZE, so
+memory stays bounded for 16 x 224^2 video too. If one pass over the split is not enough, the tool says so and passes
 over it again (new crops, new draws) as often as needed (videodiff/data/patches.py, shared with
 tools/fit_tokenizer.py). It writes the full basis (any d loads from the one
 file) and prints, per d, the fraction of the variance kept and the mean squared reconstruction error per value
@@ -17,6 +19,9 @@ Examples:
   python tools/fit_pca.py --cfg configs/demo/diffmae_tiny_images.yaml --num-patches 100000 --out output/pca.pth
   python tools/fit_pca.py --cfg configs/ImageNet/diffmae_vitb.yaml --out output/pca_in1k_16x16.pth \\
       DATA.PATH_TO_DATA_DIR /data/imagenet
+  python tools/fit_pca.py --cfg configs/demo/ldae_tiny_videos.yaml --num-patches 100000
+  python tools/fit_pca.py --cfg configs/K400/ldae_vitl.yaml DATA.PATH_TO_DATA_DIR /data/k400    # 2x16x16x3, D = 1536
+  python tools/fit_pca.py --cfg configs/K400/ldae_vitl_frame.yaml DATA.PATH_TO_DATA_DIR /data/k400  # 1x16x16x3
 """
 import argparse
 import os
@@ -30,7 +35,7 @@ import torch  # noqa: E402
 from videodiff.cli import run_reporting_errors  # noqa: E402
 from videodiff.config import load_config  # noqa: E402
 from videodiff.data.patches import TrainPatches  # noqa: E402
-from videodiff.models.build import patch_layout  # noqa: E402
+from videodiff.models.build import tokenizer_layout  # noqa: E402
 from videodiff.models.tokenizers import PCAAccumulator, save_pca  # noqa: E402
 
 REPORT_DIMS = (4, 8, 16, 32, 64, 128)
@@ -68,7 +73,7 @@ def output_path(cfg, out: str) -> str:
 
 def fit(cfg, num_patches: int, per_clip: int, batches_per_log: int) -> tuple:
     """Stream train patches into a PCAAccumulator until num_patches. Returns (accumulator, passes over the split)."""
-    patches = TrainPatches(cfg, patch_layout(cfg), num_patches, per_clip, batches_per_log)
+    patches = TrainPatches(cfg, tokenizer_layout(cfg), num_patches, per_clip, batches_per_log)
     acc = PCAAccumulator(patches.D)
     for chunk in patches:
         acc.update(chunk)
@@ -89,7 +94,7 @@ def report(eigenvalues: torch.Tensor) -> list:
 def run(args) -> int:
     cfg = load_config(args.cfg_file, args.overrides)
     out = output_path(cfg, args.out)
-    layout = patch_layout(cfg)
+    layout = tokenizer_layout(cfg)
     acc, passes = fit(cfg, args.num_patches, args.patches_per_clip, args.batches_per_log)
     mean, basis, eigenvalues = acc.finish()
     source = (f"tools/fit_pca.py --cfg {args.cfg_file} {' '.join(args.overrides)}".strip() +

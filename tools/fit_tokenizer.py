@@ -6,7 +6,8 @@ The rest of this text is about the patch-wise kinds.
 
 Patches are drawn from the train loader exactly as tools/fit_pca.py draws them (videodiff/data/patches.py: the
 config's augmentation and DATA.MEAN / STD normalisation, VIT.TEMPORAL_PATCH_SIZE x VIT.PATCH_SIZE^2 x
-VIT.IN_CHANNELS patches, up to --patches-per-clip per clip, RNG_SEED) until --num-patches; they are kept in memory
+VIT.IN_CHANNELS patches, up to --patches-per-clip per clip, RNG_SEED; with LDAE.TOKENIZER_SCOPE frame, single-frame
+patches of video and d = LDAE.LATENT_DIM / VIT.TEMPORAL_PATCH_SIZE) until --num-patches; they are kept in memory
 (num-patches x D float32) and their mean is the tokenizer's centre. Then --steps Adam steps on minibatches of
 --batch-patches drawn from them (with replacement, RNG_SEED), the learning rate decaying from --lr to 0 on a half
 cosine, fit d = LDAE.LATENT_DIM (models/tokenizers.py: LinearPatchAE, the AE ||x - U^T V x||^2 or, --kind vae, plus
@@ -47,7 +48,7 @@ from videodiff.cli import run_reporting_errors  # noqa: E402
 from videodiff.config import load_config  # noqa: E402
 from videodiff.data.patches import TrainPatches  # noqa: E402
 from videodiff.engine.fit_conv_vae import fit_conv_vae  # noqa: E402
-from videodiff.models.build import conv_vae_args, patch_layout  # noqa: E402
+from videodiff.models.build import conv_vae_args, tokenizer_latent_dim, tokenizer_layout  # noqa: E402
 from videodiff.models.conv_vae import ConvVAE, save_conv_vae  # noqa: E402
 from videodiff.models.tokenizers import (LinearPatchAE, PatchAETokenizer, PCAAccumulator,  # noqa: E402
                                          gaussian_kl, save_patch_ae)
@@ -223,9 +224,9 @@ def run(args) -> int:
     cfg = load_config(args.cfg_file, args.overrides)
     if args.kind == "conv_vae":
         return run_conv_vae(args, cfg)
-    layout = patch_layout(cfg)
+    layout = tokenizer_layout(cfg)  # a token's patches, or single frames with LDAE.TOKENIZER_SCOPE frame
     t_patch, p, channels = layout
-    D, d = t_patch * p * p * channels, cfg.LDAE.LATENT_DIM
+    D, d = t_patch * p * p * channels, tokenizer_latent_dim(cfg)
     if not 1 <= d <= D:
         raise ValueError(f"LDAE.LATENT_DIM = {d} must lie in 1 .. {D} (the values of one {t_patch}x{p}x{p}x{channels} "
                          f"patch)")

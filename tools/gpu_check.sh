@@ -39,7 +39,7 @@ if [ "$DRY" = 1 ]; then
   BENCH_ARGS=(--device cpu --warmup 1 --repeats 1 --steps 1 --peak-tflops 1 --batch auto --start-batch 1 --max-batch 4)
   PRETRAIN=(configs/demo/diffmae_tiny.yaml)
   FINETUNE=(configs/demo/diffmae_tiny_ft.yaml)
-  LONG=(configs/demo/diffmae_tiny_ft.yaml DATA.NUM_FRAMES 16 DATA.TRAIN_CROP_SIZE 96 MODEL.ACT_CHECKPOINT True)
+  LONG=(configs/demo/diffmae_tiny_ft.yaml MODEL.ACT_CHECKPOINT True)
   LIMITS=(120 120 120 120)
 else
   PRECISION_ARGS=()

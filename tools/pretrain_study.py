@@ -216,7 +216,10 @@ def probe_encoder(cfg, model):
     """The encoder a probe reads: DiffMAE's / MAE's ``encoder``; an l-DAE's DiT encoder folded at LDAE.PROBE_T."""
     if not isinstance(model, LDAE):
         return model.encoder
-    vit = VisionTransformer(**dict(vit_args(cfg), depth=model.dit.encoder_depth), norm_eps=1e-6, final_norm=False)
+    # An l-DAE on conv VAE latents reads the latent map: its frozen encoder is the ViT's stem (exported with it).
+    stem = model.tokenizer if not model.tokenizer.LINEAR and model.input_space == "latent" else None
+    vit = VisionTransformer(**dict(vit_args(cfg), depth=model.dit.encoder_depth), norm_eps=1e-6, final_norm=False,
+                            stem=stem)
     vit.load_state_dict(model.export_encoder(cfg.LDAE.PROBE_T))
     return vit.eval()
 

@@ -5,13 +5,16 @@
 Images: OUT/images.png, one row per sample: original | masked | t=1000 | t=500 | t=0.
 Videos: OUT/video_000.png (rows original / masked / output, frames at temporal stride 2) and OUT/video_000.mp4.
 l-DAE: OUT/ldae_noise.png (clean | pixel noise | latent noise, per --sigmas), OUT/ldae_denoising.png (clean | noisy
-input | denoised, per --ldae-steps) and OUT/ldae_filters.png (the PCA's first 32 directions as p x p x 3 images).
+input | denoised, per --ldae-steps) and OUT/ldae_filters.png (the PCA's first 32 directions as p x p x 3 images, a
+spacetime direction's frames side by side); for clips also OUT/ldae_video_000.png and .mp4 (rows original, then noisy
+(latent noise through the inverse PCA) / denoised per --ldae-steps, frames at temporal stride 2).
 
 Examples:
   python tools/visualize.py --cfg configs/demo/diffmae_tiny.yaml
   python tools/visualize.py --cfg configs/demo/diffmae_tiny.yaml --num 8 --mask center --mask-ratio 0.25 \\
       --steps 100 --out /tmp/vis OUTPUT_DIR output/demo_diffmae
   python tools/visualize.py --cfg configs/demo/ldae_tiny_images.yaml --num 6
+  python tools/visualize.py --cfg configs/demo/ldae_tiny_videos.yaml --num 2 --ldae-steps 250,500
 """
 import argparse
 import os
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
         if isinstance(model, LDAE):
             steps = [int(t) for t in args.ldae_steps.split(",") if t]
             sigmas = [float(s) for s in args.sigmas.split(",") if s]
-            paths = render_ldae(model, clips, out_dir, cfg.DATA.MEAN, cfg.DATA.STD, generator, sigmas, steps)
+            paths = render_ldae(model, clips, out_dir, cfg.DATA.MEAN, cfg.DATA.STD, generator, sigmas, steps,
+                                args.video_format)
         else:
             ratio = cfg.MASK.RATIO if args.mask_ratio is None else args.mask_ratio
             mask = build_mask(args.mask, len(clips), model.grid(clips), ratio, generator=generator)

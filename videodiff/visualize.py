@@ -122,7 +122,13 @@ def video_rows(original: np.ndarray, mask: np.ndarray, output: np.ndarray, strid
 def write_video_figure(prefix: str, original: np.ndarray, mask: np.ndarray, output: np.ndarray,
                        video_format: str = "mp4", fps: int = 5) -> List[str]:
     """``prefix.png`` (3 rows x T/2 frames) and ``prefix.mp4|gif`` (the three rows stacked, one frame per step)."""
-    rows = video_rows(original, mask, output)
+    return write_frame_rows(prefix, video_rows(original, mask, output), video_format, fps)
+
+
+def write_frame_rows(prefix: str, rows: List[List[np.ndarray]], video_format: str = "mp4",
+                     fps: int = 5) -> List[str]:
+    """Rows of equally many frames [H, W, 3] -> ``prefix.png`` (the grid) and ``prefix.mp4|gif`` (movie frame j:
+    the rows' j-th frames stacked)."""
     write_image(f"{prefix}.png", tile(rows))
     frames = np.stack([even_pad(tile([[row[j]] for row in rows])) for j in range(len(rows[0]))])
     movie = f"{prefix}.{video_format}"

@@ -88,6 +88,11 @@ _C.DATA.RANDOM_FLIP = True
 _C.DATA.MAX_RETRIES = 10
 # Stop with an error when more than this fraction of a split's files cannot be read.
 _C.DATA.MAX_FAILED_FRACTION = 0.05
+# Few-label fine-tuning / probing (videodiff/data/few_labels.py): train on this many labelled entries per class,
+# drawn from the train list by LABELS_SEED (not RNG_SEED: other seeds keep the same labels); 0 = every label.
+# Val/test are never subsampled. Models that train without labels (DiffMAE, MAE, unconditional l-DAE) refuse it.
+_C.DATA.LABELS_PER_CLASS = 0
+_C.DATA.LABELS_SEED = 0
 
 _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 4
@@ -230,6 +235,12 @@ _C.LDAE.TOKENIZER = "pca"
 # The fitted tokenizer file (tools/fit_pca.py / fit_tokenizer.py write it; a missing or mismatched file stops the run
 # naming it). One PCA file serves every d; an AE / VAE file is fitted for one d. Not read for "pixel".
 _C.LDAE.TOKENIZER_FILE = ""
+# Video (VIT.TEMPORAL_PATCH_SIZE > 1, models/per_frame.py): "spacetime" fits and applies the tokenizer on whole
+# t_patch x p x p x C tokens; "frame" fits it on single-frame p x p x C patches (tools/fit_pca.py writes a (1, p, C)
+# file for this scope) and applies it to each frame of a token, LATENT_DIM / t_patch components per frame. Which is
+# better is an open question (the paper has no video); "spacetime" is the default as the image recipe read literally
+# for spacetime tokens, whose basis can use the redundancy between a token's frames. Images: both are the same.
+_C.LDAE.TOKENIZER_SCOPE = "spacetime"
 # Latent dimension d per token (paper: 16 or 32 best for 16x16x3 patches). "pixel" requires d = D = t_patch x p^2 x C.
 _C.LDAE.LATENT_DIM = 16
 # Whiten the PCA latents (divide each component by sqrt(eigenvalue)). The paper does not say. Ours: True, because

@@ -24,6 +24,7 @@ from videodiff.models.ldae import SPACES
 from videodiff.models.noise_levels import LOSS_WEIGHTS, PREDICTIONS
 from videodiff.models.noise_levels import SCHEDULES as LDAE_SCHEDULES
 from videodiff.models.masking import MASK_KINDS
+from videodiff.models.per_frame import TOKENIZER_SCOPES
 from videodiff.models.vit import POS_EMBED_TYPES
 
 
@@ -64,7 +65,8 @@ _choice(["MODEL.COMPILE_MODE"], COMPILE_MODES)
 _choice(["DATA.DECODING_BACKEND"], BACKENDS)
 _choice(["TRAIN.DATASET", "TEST.DATASET"], DATASETS)
 _rule(["DATA.TARGET_FPS"], lambda v: v >= 0, "a number >= 0 (0 = the video's own frames)")
-_rule(["DATA.MAX_RETRIES"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DATA.MAX_RETRIES", "DATA.LABELS_SEED"], lambda v: v >= 0, "an integer >= 0")
+_rule(["DATA.LABELS_PER_CLASS"], lambda v: v >= 0, "an integer >= 0 (0 = every label of the train list)")
 _rule(["DATA_LOADER.PREFETCH_FACTOR"], lambda v: v >= 1, "an integer >= 1 (batches each worker prepares ahead)")
 _rule(["DATA.MAX_FAILED_FRACTION"], lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _rule(["AUG.RAND_AUG"], lambda v: _is_rand_aug(v),
@@ -94,6 +96,7 @@ _rule(["MIXUP.PROB", "MIXUP.SWITCH_PROB"], lambda v: 0 <= v <= 1, "a number in [
 _rule(["MIXUP.LABEL_SMOOTH_VALUE"], lambda v: 0 <= v < 1, "a number in [0, 1)")
 _rule(["MODEL_EMA.DECAY"], lambda v: 0 < v < 1, "a number in (0, 1)")
 _choice(["LDAE.TOKENIZER"], TOKENIZERS)
+_choice(["LDAE.TOKENIZER_SCOPE"], TOKENIZER_SCOPES)
 _choice(["LDAE.SCHEDULE"], LDAE_SCHEDULES)
 _choice(["LDAE.PREDICT"], PREDICTIONS)
 _choice(["LDAE.INPUT_SPACE", "LDAE.OUTPUT_SPACE"], SPACES)

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from videodiff.data.bad_media import item_with_retries, placeholder_item
+from videodiff.data.few_labels import few_labels
 from videodiff.data.kinetics import SPLITS
 from videodiff.data.media_errors import ImageDecodeError
 from videodiff.data.media_files import media_source
@@ -32,25 +33,31 @@ class ImageFolderClips(Dataset):
     """Images under ``folder/{class_name}/``; ``folder`` is one split's directory."""
 
     def __init__(self, folder: str, split: str, transform, num_repeats: int = 1,
-                 num_classes: Optional[int] = None, max_retries: int = 10, seed: int = 0):
-        """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test."""
+                 num_classes: Optional[int] = None, max_retries: int = 10, seed: int = 0,
+                 labels_per_class: int = 0, labels_seed: int = 0):
+        """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test. ``labels_per_class`` > 0
+        keeps that many images of each class (``few_labels.py``; from_cfg passes it for train only)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         if split != "train" and num_repeats != 1:
             raise ValueError(f"num_repeats (AUG.NUM_SAMPLE) is for train; {split} got {num_repeats}")
         self.split, self.transform, self.num_repeats, self.max_retries = split, transform, num_repeats, max_retries
-        self.classes, self.images = _scan(folder)
+        self.classes, images = _scan(folder)
+        self.images = few_labels(images, labels_per_class, labels_seed, folder)
         if num_classes is not None and len(self.classes) > num_classes:
             raise ValueError(f"{folder}: {len(self.classes)} class folders but MODEL.NUM_CLASSES = {num_classes}")
         self.rng = ItemRng(seed)
 
     @classmethod
     def from_cfg(cls, cfg, split: str) -> "ImageFolderClips":
-        """``{DATA.PATH_TO_DATA_DIR}/{split}``; train draws AUG.NUM_SAMPLE augmented copies per image."""
+        """``{DATA.PATH_TO_DATA_DIR}/{split}``; train draws AUG.NUM_SAMPLE augmented copies per image from
+        DATA.LABELS_PER_CLASS images per class (0: all)."""
         return cls(os.path.join(cfg.DATA.PATH_TO_DATA_DIR, split), split,
                    build_transform(cfg, split, test_crop_fraction=TEST_CROP_FRACTION),
                    num_repeats=cfg.AUG.NUM_SAMPLE if split == "train" else 1,
-                   num_classes=cfg.MODEL.NUM_CLASSES, max_retries=cfg.DATA.MAX_RETRIES, seed=cfg.RNG_SEED)
+                   num_classes=cfg.MODEL.NUM_CLASSES, max_retries=cfg.DATA.MAX_RETRIES, seed=cfg.RNG_SEED,
+                   labels_per_class=cfg.DATA.LABELS_PER_CLASS if split == "train" else 0,
+                   labels_seed=cfg.DATA.LABELS_SEED)
 
     def set_epoch(self, epoch: int) -> None:
         self.rng.set_epoch(epoch)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from videodiff.data.bad_media import item_with_retries, placeholder_item
 from videodiff.data.decoding import DEFAULT_BACKEND, Video, check_backend, decode_frames, open_video
+from videodiff.data.few_labels import few_labels
 from videodiff.data.media_errors import MediaError
 from videodiff.data.sampling import ItemRng, Timeline, test_window, train_window
 from videodiff.data.transforms import build_transform
@@ -37,14 +38,17 @@ class KineticsDataset(Dataset):
     def __init__(self, csv_path: str, split: str, num_frames: int, sampling_rate: int, transform,
                  num_repeats: int = 1, num_views: int = 1, num_crops: int = 1, path_prefix: str = "",
                  separator: str = " ", num_classes: Optional[int] = None, base_dir: Optional[str] = None,
-                 backend: str = DEFAULT_BACKEND, target_fps: float = 0.0, max_retries: int = 10, seed: int = 0):
-        """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test."""
+                 backend: str = DEFAULT_BACKEND, target_fps: float = 0.0, max_retries: int = 10, seed: int = 0,
+                 labels_per_class: int = 0, labels_seed: int = 0):
+        """``transform``: a ``TrainTransform`` for train, a ``TestTransform`` for val/test. ``labels_per_class`` > 0
+        keeps that many videos of each class (``few_labels.py``; from_cfg passes it for train only)."""
         _check_split_args(split, num_repeats, num_views, num_crops)
         check_backend(backend)  # a decoder that cannot run here stops the run now, not file by file
         self.split, self.transform, self.backend, self.target_fps = split, transform, backend, target_fps
         self.num_frames, self.sampling_rate, self.max_retries = num_frames, sampling_rate, max_retries
         self.num_repeats, self.num_views, self.num_crops = num_repeats, num_views, num_crops
-        self.videos = read_video_list(csv_path, path_prefix, separator, num_classes, base_dir)
+        videos = read_video_list(csv_path, path_prefix, separator, num_classes, base_dir)
+        self.videos = few_labels(videos, labels_per_class, labels_seed, csv_path)
         self.rng = ItemRng(seed)
         # False: every clip decodes its own window, the naive way (the loader benchmark's comparison).
         self.shared_decode = True
@@ -52,14 +56,15 @@ class KineticsDataset(Dataset):
     @classmethod
     def from_cfg(cls, cfg, split: str) -> "KineticsDataset":
         """``{DATA.PATH_TO_DATA_DIR}/{split}.csv``; test uses TEST.NUM_ENSEMBLE_VIEWS x NUM_SPATIAL_CROPS views,
-        val one centre view (it runs every epoch), train AUG.NUM_SAMPLE repeats."""
+        val one centre view (it runs every epoch), train AUG.NUM_SAMPLE repeats and DATA.LABELS_PER_CLASS."""
         d = cfg.DATA
         views, crops = (cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS) if split == "test" else (1, 1)
         return cls(os.path.join(d.PATH_TO_DATA_DIR, f"{split}.csv"), split, d.NUM_FRAMES, d.SAMPLING_RATE,
                    build_transform(cfg, split), num_repeats=cfg.AUG.NUM_SAMPLE if split == "train" else 1,
                    num_views=views, num_crops=crops, path_prefix=d.PATH_PREFIX, separator=d.PATH_LABEL_SEPARATOR,
                    num_classes=cfg.MODEL.NUM_CLASSES, base_dir=d.PATH_TO_DATA_DIR, backend=d.DECODING_BACKEND,
-                   target_fps=d.TARGET_FPS, max_retries=d.MAX_RETRIES, seed=cfg.RNG_SEED)
+                   target_fps=d.TARGET_FPS, max_retries=d.MAX_RETRIES, seed=cfg.RNG_SEED,
+                   labels_per_class=d.LABELS_PER_CLASS if split == "train" else 0, labels_seed=d.LABELS_SEED)
 
     def set_epoch(self, epoch: int) -> None:
         """Train randomness is drawn from (seed, epoch, index); call before each epoch's iteration."""

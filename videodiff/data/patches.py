@@ -4,6 +4,10 @@ The train loader is built from the config exactly as training builds it (same au
 normalisation), each clip is cut into flat patches in ``patchify``'s layout, and up to ``per_clip`` random patches
 of each clip (drawn with RNG_SEED) are kept, until ``num_patches``; if one pass over the split is not enough, it says
 so and passes over it again (new crops, new draws) as often as needed.
+
+Memory is bounded whatever the training recipe: the loader's batches are at most ``FIT_BATCH_CLIPS`` clips, one
+copy each (``fit_loader_cfg``). Video clips give spacetime patches of a (t_patch, p, C) layout, or, for a
+per-frame tokenizer (LDAE.TOKENIZER_SCOPE frame), (1, p, C) patches drawn from all frames of the clip.
 """
 import time
 from typing import Iterator, Tuple
@@ -13,6 +17,22 @@ import torch
 from videodiff.data.loader import build_loader, set_loader_epoch
 from videodiff.data.normalize import ClipNormalizer
 from videodiff.models.patchify import patchify
+
+# Clips per loader batch while fitting. The fit wants patches, not the training batch: a K400 pretraining batch
+# (TRAIN.BATCH_SIZE 512 x AUG.NUM_SAMPLE 4 clips of 16 x 224^2) would be about 20 GB of float32 in one tensor.
+FIT_BATCH_CLIPS = 8
+
+
+def fit_loader_cfg(cfg):
+    """A copy of ``cfg`` whose train loader gives at most FIT_BATCH_CLIPS clips per batch, one copy of each
+    (repeated-augmentation copies of a video add crops, not videos) and no accumulation split."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TRAIN.BATCH_SIZE = min(cfg.TRAIN.BATCH_SIZE, FIT_BATCH_CLIPS)
+    cfg.TRAIN.ACCUM_STEPS = 1
+    cfg.AUG.NUM_SAMPLE = 1
+    cfg.freeze()
+    return cfg
 
 
 def sample_patches(clip: torch.Tensor, layout: Tuple[int, int, int], per_clip: int,
@@ -40,7 +60,7 @@ class TrainPatches:
         self.count, self.passes = 0, 0
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        loader, normalize = build_loader(self.cfg, "train", 0, 1), ClipNormalizer.from_cfg(self.cfg)
+        loader, normalize = build_loader(fit_loader_cfg(self.cfg), "train", 0, 1), ClipNormalizer.from_cfg(self.cfg)
         generator = torch.Generator().manual_seed(self.cfg.RNG_SEED)
         start, step = time.perf_counter(), 0
         self.count, self.passes = 0, 0

@@ -23,7 +23,7 @@ import resource
 import time
 from dataclasses import dataclass
 from statistics import median
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from fvcore.common.config import CfgNode
@@ -98,24 +98,31 @@ def training_step(cfg: CfgNode, model: nn.Module, batch: dict, device: torch.dev
     return lambda: trainer.step(batch)
 
 
-def time_rounds(steps: Dict[str, Step], device: torch.device, warmup: int, repeats: int,
-                per_round: int) -> Dict[str, List[float]]:
-    """Seconds per step of each named step, one number per round. Rounds interleave the steps and alternate
-    their order (A B, B A, ...), so load from other jobs and warm caches fall on every side alike."""
+class Rounds(NamedTuple):
+    """Seconds per step of each named step, one number per round: wall clock, and this process's CPU time (all its
+    threads), which other jobs on a shared CPU disturb far less; on CUDA the CPU time means nothing."""
+    wall: Dict[str, List[float]]
+    cpu: Dict[str, List[float]]
+
+
+def time_rounds(steps: Dict[str, Step], device: torch.device, warmup: int, repeats: int, per_round: int) -> Rounds:
+    """Time each named step in rounds that interleave the steps and alternate their order (A B, B A, ...), so load
+    from other jobs and warm caches fall on every side alike."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     synchronize(device)
-    times: Dict[str, List[float]] = {name: [] for name in steps}
+    rounds = Rounds({name: [] for name in steps}, {name: [] for name in steps})
     names = list(steps)
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(per_round):
                 steps[name]()
             synchronize(device)
-            times[name].append((time.perf_counter() - start) / per_round)
-    return times
+            rounds.wall[name].append((time.perf_counter() - wall) / per_round)
+            rounds.cpu[name].append((time.process_time() - cpu) / per_round)
+    return rounds
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -151,7 +158,7 @@ def mfu_line(gmacs_per_clip: float, clips_per_s: float, device: torch.device,
     if peak is None:
         return f"mfu=n/a  ({source})"
     achieved = 3 * 2 * gmacs_per_clip * 1e9 * clips_per_s  # fwd + bwd (2x fwd); 2 FLOPs per multiply-add
-    return (f"mfu={achieved / peak:.3f}  (3 x 2 x {gmacs_per_clip:.2f} GMAC x {clips_per_s:.2f} clips/s = "
+    return (f"mfu={achieved / peak:.3g}  (3 x 2 x {gmacs_per_clip:.2f} GMAC x {clips_per_s:.2f} clips/s = "
             f"{achieved / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f}: {source})")
 
 
@@ -201,29 +208,32 @@ def describe(cfg: CfgNode, model: nn.Module, device: torch.device) -> str:
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
     precision = precision_from_cfg(cfg)
     amp = (f"{precision.dtype} autocast" if device.type == "cuda" and precision.enabled else "fp32")
+    switches = "".join(f", {name}" for name, on in (("activation checkpointing", cfg.MODEL.ACT_CHECKPOINT),
+                                                     ("torch.compile", cfg.MODEL.COMPILE)) if on)
     return (f"model: {cfg.MODEL.MODEL_NAME}, {params:.2f} M params, clip {cfg.VIT.IN_CHANNELS}x"
-            f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}x{cfg.DATA.TRAIN_CROP_SIZE}, device {where}, {amp}, "
-            f"torch threads {torch.get_num_threads()}")
+            f"{cfg.DATA.NUM_FRAMES}x{cfg.DATA.TRAIN_CROP_SIZE}x{cfg.DATA.TRAIN_CROP_SIZE}, device {where}, {amp}"
+            f"{switches}, torch threads {torch.get_num_threads()}")
 
 
 def run_model_benchmark(cfg: CfgNode, opts: BenchOptions) -> List[str]:
     """Time the config's training step and print (and return) the report lines of the module docstring."""
     device = pick_device(opts.device)
     model = build_on(cfg, device)
-    print(describe(cfg, model, device), flush=True)
+    head = describe(cfg, model, device)
+    print(head, flush=True)  # before the FLOP count and the batch search, which take a while on big models
     gmacs = count_flops(model, synthetic_batch(cfg, 1, device)["clip"], torch.zeros(1, dtype=torch.long,
                                                                                    device=device))
     batch, why = choose_batch(cfg, model, device, opts)
     step = training_step(cfg, model, synthetic_batch(cfg, batch, device), device)
     reset_peak_memory(device)
-    rounds = time_rounds({"step": step}, device, opts.warmup, opts.repeats, opts.steps)["step"]
+    rounds = time_rounds({"step": step}, device, opts.warmup, opts.repeats, opts.steps).wall["step"]
     seconds = median(rounds)
-    lines = [f"batch={batch}  ({why})",
+    lines = [head, f"batch={batch}  ({why})",
              f"timing: median of {opts.repeats} rounds x {opts.steps} steps after {opts.warmup} warm-up steps "
              f"(Trainer.step: forward + backward + grad norm + optimizer); best round {min(rounds) * 1e3:.1f} ms/step",
              f"steps_per_s={1 / seconds:.3f}", f"clips_per_s={batch / seconds:.3f}", peak_memory_line(device),
-             f"gflops_per_clip={gmacs:.3f}  (forward multiply-adds, torch FlopCounterMode)",
+             f"gflops_per_clip={gmacs:.4g}  (forward multiply-adds, torch FlopCounterMode)",
              mfu_line(gmacs, batch / seconds, device, opts.peak_tflops)]
-    for line in lines:
+    for line in lines[1:]:
         print(line, flush=True)
     return lines

@@ -14,7 +14,9 @@ no optimizer, the config's precision.
 config with MODEL.MODEL_NAME set: same encoder, mask ratio, decoder depth / width / heads.
 
 Both run in interleaved rounds (``model_benchmark.time_rounds``); the ratio printed last is the median over rounds
-of (ours / theirs) within a round, so slow drifts in a shared machine's load cancel.
+of (ours / theirs) within a round, wall clock, so slow drifts in a shared machine's load cancel. On the CPU the same
+ratio of process CPU time is printed the line before (``cpu_ratio_...``): other jobs on shared cores stretch wall
+time far more than CPU time.
 """
 from statistics import median
 from typing import Callable, Dict, List, Sequence
@@ -26,7 +28,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 
 from videodiff.engine.dry_run import count_flops
-from videodiff.engine.model_benchmark import (BenchOptions, Step, build_on, choose_batch, pick_device,
+from videodiff.engine.model_benchmark import (BenchOptions, Rounds, Step, build_on, choose_batch, pick_device,
                                               synthetic_batch, time_rounds, training_step)
 from videodiff.engine.precision import precision_from_cfg
 
@@ -87,13 +89,21 @@ def ratio_of_rounds(ours: List[float], theirs: List[float]) -> float:
     return median(a / b for a, b in zip(ours, theirs))
 
 
-def timing_lines(names: Dict[str, str], times: Dict[str, List[float]], batch: int, opts: BenchOptions) -> List[str]:
+def timing_lines(names: Dict[str, str], rounds: Rounds, batch: int, opts: BenchOptions,
+                 ratio_key: str, device: torch.device) -> List[str]:
+    """Each side's median ms/step and clips/s, every round, then the CPU-time ratio (on the CPU) and the wall ratio
+    ``ratio_key=<first / second>``, last."""
     lines = [f"timing: {opts.repeats} interleaved rounds x {opts.steps} steps after {opts.warmup} warm-up steps "
              f"each, batch {batch}, torch threads {torch.get_num_threads()}; median round"]
     for key, label in names.items():
-        ms = median(times[key]) * 1e3
+        ms = median(rounds.wall[key]) * 1e3
         lines.append(f"{label}: {ms:.1f} ms/step, {batch / ms * 1e3:.2f} clips/s "
-                     f"(rounds {', '.join(f'{t * 1e3:.1f}' for t in times[key])} ms)")
+                     f"(rounds {', '.join(f'{t * 1e3:.1f}' for t in rounds.wall[key])} ms)")
+    first, second = names
+    if device.type == "cpu":
+        lines.append(f"cpu_{ratio_key}={ratio_of_rounds(rounds.cpu[first], rounds.cpu[second]):.3f}  "
+                     f"(process CPU time)")
+    lines.append(f"{ratio_key}={ratio_of_rounds(rounds.wall[first], rounds.wall[second]):.3f}")
     return lines
 
 
@@ -108,16 +118,15 @@ def compare_timm(variant: ConfigVariant, opts: BenchOptions) -> List[str]:
     one = torch.zeros(1, dtype=torch.long, device=device)
     n_ours, n_theirs = ours.encoder.patch_embed.grid_size(data["clip"].shape), theirs.vit.patch_embed.grid_size
     lines = [f"ours: VitClassifier, {count_params(ours)} params, tokens {n_ours[0] * n_ours[1] * n_ours[2]}, "
-             f"{count_flops(ours, data['clip'][:1], one):.3f} GMAC/clip",
+             f"{count_flops(ours, data['clip'][:1], one):.4g} GMAC/clip",
              f"timm: VisionTransformer, {count_params(theirs)} params, tokens {n_theirs[0] * n_theirs[1]}, "
-             f"{count_flops(theirs, image[:1], one):.3f} GMAC/clip (image {tuple(image.shape[1:])}: the clip's "
+             f"{count_flops(theirs, image[:1], one):.4g} GMAC/clip (image {tuple(image.shape[1:])}: the clip's "
              f"tubelets as patches)"]
     steps = {"ours": forward_backward(ours, data["clip"], data["label"], cfg, device),
              "timm": forward_backward(theirs, image, data["label"], cfg, device)}
-    times = time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps)
-    lines += timing_lines({"ours": "ours (forward + backward)", "timm": "timm (forward + backward)"}, times,
-                          batch, opts)
-    lines.append(f"ratio_vs_timm={ratio_of_rounds(times['ours'], times['timm']):.3f}")
+    rounds = time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps)
+    lines += timing_lines({"ours": "ours (forward + backward)", "timm": "timm (forward + backward)"}, rounds,
+                          batch, opts, "ratio_vs_timm", device)
     for line in lines:
         print(line, flush=True)
     return lines
@@ -131,12 +140,12 @@ def compare_mae(variant: ConfigVariant, opts: BenchOptions) -> List[str]:
     batch, _ = choose_batch(cfgs["DiffMAE"], models["DiffMAE"], device, opts)
     data = synthetic_batch(cfgs["DiffMAE"], batch, device)
     one = torch.zeros(1, dtype=torch.long, device=device)
-    lines = [f"{name}: {count_params(model)} params, {count_flops(model, data['clip'][:1], one):.3f} GMAC/clip"
+    lines = [f"{name}: {count_params(model)} params, {count_flops(model, data['clip'][:1], one):.4g} GMAC/clip"
              for name, model in models.items()]
     steps = {name: training_step(cfgs[name], model, data, device) for name, model in models.items()}
-    times = time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps)
-    lines += timing_lines({name: f"{name} (Trainer.step)" for name in models}, times, batch, opts)
-    lines.append(f"ratio_diffmae_vs_mae={ratio_of_rounds(times['DiffMAE'], times['MAE']):.3f}")
+    rounds = time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps)
+    lines += timing_lines({name: f"{name} (Trainer.step)" for name in models}, rounds, batch, opts,
+                          "ratio_diffmae_vs_mae", device)
     for line in lines:
         print(line, flush=True)
     return lines

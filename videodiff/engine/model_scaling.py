@@ -96,7 +96,7 @@ def scaling_row(cfgs: Dict[str, CfgNode], models: Dict[str, nn.Module], batch: i
              "ft_step": training_step(cfgs["ft"], ft, data, device)}
     reset_peak_memory(device)
     ms = {name: median(t) * 1e3 for name, t in
-          time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps).items()}
+          time_rounds(steps, device, opts.warmup, opts.repeats, opts.steps).wall.items()}
     cells = [f"{cfgs['pt'].DATA.NUM_FRAMES}x{cfgs['pt'].DATA.TRAIN_CROP_SIZE}", n, k,
              f"{gmacs(enc['pt'], batch):.3f}", f"{gmacs(enc['ft'], batch):.3f}",
              f"{ms['pt_enc']:.1f}", f"{ms['ft_enc']:.1f}", f"{ms['pt_enc'] / ms['ft_enc']:.3f}",

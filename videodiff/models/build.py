@@ -13,6 +13,7 @@ from videodiff.models.diffmae import DiffMAE
 from videodiff.models.ldae import LDAE, output_space_problem
 from videodiff.models.linear_probe import VitLinearProbe
 from videodiff.models.mae import MAE
+from videodiff.models.per_frame import PerFrameTokenizer, scope_layout
 from videodiff.models.tokenizers import (PatchAETokenizer, PatchTokenizer, PatchVAETokenizer, PCATokenizer,
                                          PixelTokenizer, fit_command)
 
@@ -104,6 +105,15 @@ def _masked_decoder_rules(cfg: CfgNode) -> ConfigProblems:
         yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by DIFFMAE.DECODER_NUM_HEADS = {heads}"
     if dec % 8:
         yield "DIFFMAE.DECODER_EMBED_DIM", f"= {dec} is not divisible by 8 (3-D sin-cos position embedding)"
+    yield from labels_unused(cfg)
+
+
+def labels_unused(cfg: CfgNode) -> ConfigProblems:
+    """A model that trains without labels pretrains on every clip: a few-label subset would only discard data."""
+    k = cfg.DATA.LABELS_PER_CLASS
+    if k:
+        yield "DATA.LABELS_PER_CLASS", (f"= {k}: {cfg.MODEL.MODEL_NAME} trains without labels, on every clip of the "
+                                        f"train list; few labels are for fine-tuning and probing (set 0)")
 
 
 def _diffmae_rules(cfg: CfgNode) -> ConfigProblems:
@@ -155,11 +165,31 @@ TOKENIZERS = ("pca", "ae", "vae", "pixel", "conv_vae")
 _FILE_TOKENIZERS = {"ae": PatchAETokenizer, "vae": PatchVAETokenizer, "conv_vae": ConvVAETokenizer}
 
 
+def tokenizer_layout(cfg: CfgNode) -> Tuple[int, int, int]:
+    """(t_patch, p, C) of the patches the l-DAE tokenizer works on and is fitted on (tools/fit_pca.py,
+    fit_tokenizer.py): a whole token's, or one frame of it, (1, p, C), with LDAE.TOKENIZER_SCOPE frame."""
+    return scope_layout(patch_layout(cfg), cfg.LDAE.TOKENIZER_SCOPE)
+
+
+def tokenizer_latent_dim(cfg: CfgNode) -> int:
+    """d of the tokenizer itself: LDAE.LATENT_DIM (d per token), shared out over the frames with scope frame."""
+    return cfg.LDAE.LATENT_DIM // (cfg.VIT.TEMPORAL_PATCH_SIZE // tokenizer_layout(cfg)[0])
+
+
 def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
-    """LDAE.TOKENIZER's tokenizer: the fitted PCA / patch AE / patch VAE of LDAE.TOKENIZER_FILE, or the pixel
-    identity (no file; LDAE.TOKENIZER_FILE is not read). A dry run without the file gets an identity-basis
-    stand-in of the same kind and sizes (shapes and FLOPs are the same), and says so."""
-    layout, l = patch_layout(cfg), cfg.LDAE
+    """LDAE.TOKENIZER's tokenizer for LDAE.TOKENIZER_SCOPE: with "frame", a single-frame tokenizer applied to each
+    frame of a token (``per_frame.py``)."""
+    tokenizer = _patch_tokenizer(cfg, tokenizer_layout(cfg), tokenizer_latent_dim(cfg))
+    if cfg.LDAE.TOKENIZER_SCOPE == "frame":
+        return PerFrameTokenizer(tokenizer, cfg.VIT.TEMPORAL_PATCH_SIZE)
+    return tokenizer
+
+
+def _patch_tokenizer(cfg: CfgNode, layout: Tuple[int, int, int], d: int) -> PatchTokenizer:
+    """LDAE.TOKENIZER's tokenizer of ``layout`` patches and latent size d: the fitted PCA / patch AE / patch VAE of
+    LDAE.TOKENIZER_FILE, or the pixel identity (no file; LDAE.TOKENIZER_FILE is not read). A dry run without the
+    file gets an identity-basis stand-in of the same kind and sizes (shapes and FLOPs are the same), and says so."""
+    l = cfg.LDAE
     big_d = layout[0] * layout[1] * layout[1] * layout[2]
     if l.TOKENIZER == "pixel":
         return PixelTokenizer(big_d)
@@ -169,16 +199,16 @@ def _ldae_tokenizer(cfg: CfgNode) -> PatchTokenizer:
         if l.TOKENIZER == "conv_vae":
             return _conv_vae_stand_in(cfg)
         if l.TOKENIZER == "pca":
-            return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), l.LATENT_DIM, l.PCA_WHITEN)
-        eye = torch.eye(big_d)[:l.LATENT_DIM]
-        return _FILE_TOKENIZERS[l.TOKENIZER](torch.zeros(big_d), eye, eye, torch.ones(l.LATENT_DIM))
+            return PCATokenizer(torch.zeros(big_d), torch.eye(big_d), torch.ones(big_d), d, l.PCA_WHITEN)
+        eye = torch.eye(big_d)[:d]
+        return _FILE_TOKENIZERS[l.TOKENIZER](torch.zeros(big_d), eye, eye, torch.ones(d))
     if not l.TOKENIZER_FILE:
         raise FileNotFoundError(f"LDAE.TOKENIZER_FILE is empty: fit the tokenizer first with "
                                 f"python {fit_command(l.TOKENIZER).replace('<config>', '<this config>')} "
                                 f"[KEY VALUE ...]")
     if l.TOKENIZER == "pca":
-        return PCATokenizer.from_file(l.TOKENIZER_FILE, l.LATENT_DIM, l.PCA_WHITEN, big_d, layout)
-    return _FILE_TOKENIZERS[l.TOKENIZER].from_file(l.TOKENIZER_FILE, l.LATENT_DIM, big_d, layout)
+        return PCATokenizer.from_file(l.TOKENIZER_FILE, d, l.PCA_WHITEN, big_d, layout)
+    return _FILE_TOKENIZERS[l.TOKENIZER].from_file(l.TOKENIZER_FILE, d, big_d, layout)
 
 
 def conv_vae_args(cfg: CfgNode) -> dict:
@@ -215,10 +245,13 @@ def _ldae_args(cfg: CfgNode) -> dict:
 def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
     """The paper's combinations of target and spaces, and sizes that fit the DiT."""
     l, layout = cfg.LDAE, patch_layout(cfg)
+    if not l.CLASS_COND:
+        yield from labels_unused(cfg)
     big_d = layout[0] * layout[1] * layout[1] * layout[2]
     problem = output_space_problem(l.PREDICT, l.OUTPUT_SPACE)
     if problem:
         yield "LDAE.OUTPUT_SPACE", f"= {l.OUTPUT_SPACE!r}: {problem}"
+    yield from _tokenizer_scope_rules(cfg)
     if not 1 <= l.LATENT_DIM <= big_d:
         yield "LDAE.LATENT_DIM", f"= {l.LATENT_DIM} must lie in 1 .. {big_d} (the values of one {layout} patch)"
     elif l.TOKENIZER == "conv_vae" and layout[1] % cfg.CONV_VAE.STRIDE:
@@ -238,6 +271,20 @@ def _ldae_rules(cfg: CfgNode) -> ConfigProblems:
         yield "LDAE.PROBE_T", f"= {l.PROBE_T} is not a step: expected 0 .. LDAE.STEPS - 1 = {l.STEPS - 1}"
     if cfg.VIT.POS_EMBED != "sincos" or cfg.VIT.CLS_TOKEN:
         yield "VIT.POS_EMBED", "/ VIT.CLS_TOKEN are for downstream models; LDAE uses sin-cos positions, no class token"
+
+
+def _tokenizer_scope_rules(cfg: CfgNode) -> ConfigProblems:
+    """LDAE.TOKENIZER_SCOPE frame shares d per token out over the frames, and needs a patch-wise tokenizer."""
+    l, t_patch = cfg.LDAE, cfg.VIT.TEMPORAL_PATCH_SIZE
+    if l.TOKENIZER_SCOPE != "frame":
+        return
+    if l.TOKENIZER == "conv_vae":
+        yield "LDAE.TOKENIZER_SCOPE", ("= 'frame' is for the patch-wise tokenizers (pca, ae, vae, pixel); the conv "
+                                       "VAE already encodes frame by frame: use 'spacetime'")
+    elif l.LATENT_DIM % t_patch:
+        yield "LDAE.LATENT_DIM", (f"= {l.LATENT_DIM} is d per token, and LDAE.TOKENIZER_SCOPE frame gives each of "
+                                  f"its VIT.TEMPORAL_PATCH_SIZE = {t_patch} frames the same share: use a multiple "
+                                  f"of {t_patch}")
 
 
 register_model("LDAE", LDAE, _ldae_args, _ldae_rules)
