@@ -56,6 +56,15 @@ def test_model_command_prints_throughput_memory_flops_and_no_mfu_on_the_cpu():
     assert found["mfu"] == "n/a"
 
 
+def test_flop_count_includes_attention_on_the_cpu():
+    class Attention(torch.nn.Module):
+        def forward(self, q, label):
+            return F.scaled_dot_product_attention(q, q, q)
+
+    q = torch.randn(2, 3, 128, 64)  # torch's counter knew only the CUDA kernels and counted this as 0
+    assert count_flops(Attention(), q, None) * 1e9 == 3 * 2 * 128 * 128 * 64  # per clip: QK^T and PV, 3 heads
+
+
 def test_model_benchmark_runs_the_act_checkpoint_config_and_reports_mfu_against_a_given_peak(capsys):
     cfg = load_config("configs/demo/diffmae_tiny_ft.yaml", SMALL + ["MODEL.ACT_CHECKPOINT", "True"])
     lines = run_model_benchmark(cfg, BenchOptions(batch=2, warmup=1, repeats=1, steps=1, device="cpu",

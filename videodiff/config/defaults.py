@@ -107,6 +107,7 @@ _C.DATA_LOADER.PREFETCH_FACTOR = 2
 # Workers hand over uint8 clips, normalised by DATA.MEAN / STD on the training device (videodiff/data/normalize.py):
 # 4x fewer bytes through shared memory, pinning and the copy to the device. Identical clips to False (workers
 # normalise, float32) except after AUG.RAND_AUG, whose float output is rounded to whole grey levels (<= 0.5 / 255).
+# Without a GPU the main process normalises on the CPU, about what the workers save (BENCHMARKS.md, uint8 hand-over).
 _C.DATA_LOADER.UINT8_HANDOVER = True
 
 # ---------------------------------------------------------------- augmentation

@@ -10,7 +10,8 @@ With R = AUG.NUM_SAMPLE > 1, two ways of "decoding R times" for comparison: the 
 windows on its own, and the same loader with every clip decoding its own window (``shared_decode`` off).
 
 Worker and decoding processes start before the clock, as in training (persistent workers). Quantities are
-measured in alternating rounds and the best of each kept, which filters out other jobs on a shared machine.
+measured in alternating rounds and the best of each kept, which filters out other jobs on a shared machine;
+between measurements the loader's workers finish their prefetched batches off the clock (``wait_until_idle``).
 Next to wall-clock rates the report gives CPU milliseconds per sample (this process and its children, from
 /proc), which other jobs disturb much less. ``loader_vs_floor`` = (a) / (b), wall clock, per original sample.
 """
@@ -55,9 +56,28 @@ def cpu_seconds() -> float:
 
 
 def timed(run: Callable[[], None]) -> Timing:
+    """(wall, CPU) seconds of ``run``; then, off the clock, waits until the worker processes are idle."""
     wall, cpu = time.perf_counter(), cpu_seconds()
     run()
-    return time.perf_counter() - wall, cpu_seconds() - cpu
+    timing = time.perf_counter() - wall, cpu_seconds() - cpu
+    wait_until_idle()
+    return timing
+
+
+def wait_until_idle(poll_s: float = 0.2, timeout_s: float = 60.0) -> None:
+    """Return once this process and its children use under a tenth of a core for ``poll_s``.
+
+    A loader that stops after its timed batches still has ``PREFETCH_FACTOR x NUM_WORKERS`` batches in flight; its
+    workers finish them in the background, which slowed the next measurement (the decode floor: measured 64-76
+    instead of 209-238 samples/s on 16x224x224 clips) and put their CPU time into it.
+    """
+    deadline, last = time.perf_counter() + timeout_s, cpu_seconds()
+    while time.perf_counter() < deadline:
+        time.sleep(poll_s)
+        now = cpu_seconds()
+        if now - last < 0.1 * poll_s:
+            return
+        last = now
 
 
 def warm_up(loader, num_batches: int = 2) -> None:

@@ -4,11 +4,13 @@ FLOPs are counted by torch's ``FlopCounterMode`` while the real forward runs, re
 (fvcore's and the ViT papers' convention: one multiply-add = one flop). fvcore's FlopCountAnalysis was
 the first choice, but it needs a jit trace, and tracing breaks on the data-dependent parts of masked
 models (random masks built with in-place boolean scatters); counting eagerly has no such limit and
-includes ``scaled_dot_product_attention``.
+includes ``scaled_dot_product_attention``. On the CPU that needs ``CPU_ATTENTION_FLOPS``: torch's counter knows
+the CUDA attention kernels only, and counted the CPU one as 0 (attention was missing from CPU counts until then).
 """
 import time
 import torch
 from fvcore.common.config import CfgNode
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from videodiff.engine.logging import logger
@@ -20,9 +22,25 @@ def random_clip(cfg: CfgNode, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, cfg.VIT.IN_CHANNELS, cfg.DATA.NUM_FRAMES, size, size)
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# The CPU's fused attention kernel, counted with the formulas torch uses for the CUDA ones (given tensor shapes).
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
 def count_flops(model: torch.nn.Module, clip: torch.Tensor, label: torch.Tensor) -> float:
     """Forward GFLOPs (multiply-adds) of ``model(clip, label)`` per clip."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         model(clip, label)
     return counter.get_total_flops() / 2 / clip.shape[0] / 1e9  # torch counts a multiply-add as 2
 

@@ -25,6 +25,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from videodiff.engine.dry_run import CPU_ATTENTION_FLOPS
 from videodiff.engine.model_benchmark import (BenchOptions, Step, build_on, pick_device, reset_peak_memory,
                                               synthetic_batch, time_rounds, training_step)
 from videodiff.engine.model_compare import ConfigVariant
@@ -55,7 +56,7 @@ def backward_of(model: nn.Module, forward: Callable[[], torch.Tensor]) -> Step:
 
 
 def gmacs(forward: Callable[[], torch.Tensor], batch: int) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         forward()
     return counter.get_total_flops() / 2 / batch / 1e9
 

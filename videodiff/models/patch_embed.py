@@ -31,4 +31,6 @@ class PatchEmbed3d(nn.Module):
         if clip.dim() != 5:
             raise ValueError(f"expected a clip [B, C, T, H, W], got shape {tuple(clip.shape)}")
         self.grid_size(clip.shape)
-        return self.proj(clip).flatten(2).transpose(1, 2)
+        # Contiguous [B, N, D]: the transposed view would carry its strides through every residual add, and each
+        # block's two LayerNorms would copy it, forward and backward (timm's ViT makes its tokens contiguous too).
+        return self.proj(clip).flatten(2).transpose(1, 2).contiguous()
