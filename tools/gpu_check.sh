@@ -26,7 +26,8 @@ case "${1:-}" in
 esac
 
 if [ "$DRY" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: no CUDA GPU visible to torch here; run it on a GPU machine (tools/gpu_check.sh --dry tests the script on the CPU)" >&2
+  msg="gpu_check: no CUDA GPU visible to torch here; run it on a GPU machine"
+  echo "$msg (tools/gpu_check.sh --dry tests the script on the CPU)" >&2
   exit 1
 fi
 mkdir -p "$OUT"
@@ -75,7 +76,9 @@ bench finetune_vitl14_32x280_ckpt "${LIMITS[3]}" "${LONG[@]}"
 value() { local v; v=$(grep -o "^$1=[^ ]*" "$2" 2>/dev/null | head -1 | cut -d= -f2); echo "${v:--}"; }
 
 echo
-echo "== summary ($([ "$DRY" = 1 ] && echo 'DRY RUN on the CPU: not GPU numbers' || "$PY" -c 'import torch; print(torch.cuda.get_device_name())'), $((SECONDS - START)) s)"
+if [ "$DRY" = 1 ]; then where="DRY RUN on the CPU: not GPU numbers"
+else where=$("$PY" -c 'import torch; print(torch.cuda.get_device_name())'); fi
+echo "== summary ($where, $((SECONDS - START)) s)"
 echo "precision_check=$(value precision_check "$OUT/precision.log")"
 printf '%-30s %8s %10s %10s %8s %12s\n' stage batch steps/s clips/s mfu peak_mem_mb
 for name in pretrain_vitl_16x224 finetune_vitl_16x224 finetune_vitl14_32x280_ckpt; do

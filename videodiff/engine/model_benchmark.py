@@ -11,8 +11,9 @@ next to it). CUDA is synchronised before each clock read.
 
 Report lines (``key=value``, then what the number is):
   steps_per_s, clips_per_s   from the median round
-  peak_mem_mb                CUDA: ``torch.cuda.max_memory_allocated`` over the timed rounds; CPU: the process's
-                             peak resident set (``ru_maxrss``), which also holds Python, torch and whatever ran before
+  peak_mem_mb                CUDA: ``torch.cuda.max_memory_allocated`` over the warm-up and timed steps; CPU: the
+                             process's peak resident set (``ru_maxrss``), which also holds Python, torch and whatever
+                             ran before
   gflops_per_clip            forward multiply-adds per clip (``dry_run.count_flops``: torch's FlopCounterMode; fvcore's
                              jit trace fails on the masked models), the ViT papers' "FLOPs"
   mfu                        CUDA only: model FLOPs utilisation = 3 x 2 x multiply-adds x clips/s / dense bf16 peak
@@ -133,7 +134,7 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_line(device: torch.device) -> str:
     if device.type == "cuda":
         return (f"peak_mem_mb={torch.cuda.max_memory_allocated(device) / 2**20:.1f}  "
-                f"(CUDA max_memory_allocated over the timed steps)")
+                f"(CUDA max_memory_allocated over the warm-up and timed steps)")
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return (f"peak_mem_mb={rss_kb / 1024:.1f}  (CPU: peak RSS of this process, ru_maxrss; includes Python, "
             f"torch and everything run before, not the model alone)")

@@ -37,8 +37,9 @@ ConfigVariant = Callable[[Sequence[str]], CfgNode]
 
 
 def clip_as_image(clip: torch.Tensor, t_patch: int) -> torch.Tensor:
-    """[B, C, T, H, W] -> [B, C·t, H, T'·W] with T' = T / t: pixel (c, j·t + k, h, w) goes to (c·t + k, h, j·W + w),
-    so a p x p patch of the image is exactly one t x p x p tubelet, channels in Conv3d's weight order (c, k)."""
+    """[B, C, T, H, W] -> [B, C·t, H, T'·W] with T' = T / t: pixel (c, j·t + k, h, w) goes to
+    (c·t + k, h, j·W + w), so a p x p patch of the image is exactly one t x p x p tubelet, its channels in the
+    order of Conv3d's weight (c, k)."""
     b, c, t, h, w = clip.shape
     image = clip.reshape(b, c, t // t_patch, t_patch, h, w).permute(0, 1, 3, 4, 2, 5)  # [B, C, t, H, T', W]
     return image.reshape(b, c * t_patch, h, (t // t_patch) * w).contiguous()

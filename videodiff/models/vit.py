@@ -45,7 +45,8 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"patch size {patch_size} is not a multiple of the stem's stride {stem.stride}")
             patch_size, in_chans = patch_size // stem.stride, stem.out_channels
         self.patch_embed = PatchEmbed3d(patch_size, t_patch, in_chans, embed_dim)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        # Stochastic depth grows linearly with depth (torch.linspace's values, in Python so a meta-device build works).
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
                   norm_layer=norm_layer) for rate in rates
