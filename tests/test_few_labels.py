@@ -95,7 +95,13 @@ def test_a_kinetics_class_with_too_few_clips_stops_the_build(tmp_path):
         build_dataset(_cfg(tmp_path, "DATA.LABELS_PER_CLASS", "9"), "train")
 
 
-@pytest.mark.parametrize("cfg_file", ["configs/demo/diffmae_tiny_demo.yaml", "configs/demo/mae_tiny.yaml"])
+@pytest.mark.parametrize("cfg_file", ["configs/demo/diffmae_tiny_demo.yaml", "configs/demo/mae_tiny.yaml",
+                                      "configs/demo/ldae_tiny_images.yaml"])
 def test_pretraining_without_labels_refuses_a_few_label_subset(cfg_file):
     with pytest.raises(ConfigError, match="DATA.LABELS_PER_CLASS.*trains without labels"):
         load_config(cfg_file, ["DATA.LABELS_PER_CLASS", "5"])
+
+
+def test_class_conditional_ldae_trains_on_labels_and_may_use_few():
+    cfg = load_config("configs/demo/ldae_tiny_images.yaml", ["DATA.LABELS_PER_CLASS", "5", "LDAE.CLASS_COND", "True"])
+    assert cfg.DATA.LABELS_PER_CLASS == 5

@@ -165,7 +165,8 @@ def plot(summary: dict, path: str) -> None:
     bars.set_xticks(range(len(kinds)), [names[kind] for kind in kinds])
     bars.set_ylim(0, 100)
     bars.set_ylabel(f"top-1 on {summary['num_test']} test clips (%)")
-    bars.set_title(f"{summary['labels_per_class']} labels per class")
+    gap = summary["top1"]["finetune"]["pretrained"] - summary["top1"]["finetune"]["scratch"]
+    bars.set_title(f"{summary['labels_per_class']} labels per class: pretraining {gap:+.0f} points fine-tuned")
     bars.legend(loc="upper right", fontsize=8)
     curve.plot(summary["loss_steps"], summary["losses"], color="tab:blue")
     curve.set_xlabel("pretraining step (no labels)")
