@@ -30,6 +30,9 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from videodiff.engine.logging import final_test_result, read_stats  # noqa: E402
+
 PRETRAIN_CFG = "configs/demo/diffmae_tiny_demo.yaml"
 FINETUNE_CFG = "configs/demo/ft_few_labels.yaml"
 PROBE_CFG = "configs/demo/probe_few_labels.yaml"
@@ -59,15 +62,6 @@ def newest_checkpoint(output_dir: str) -> str:
     if not found:
         raise SystemExit(f"no checkpoint in {output_dir}/checkpoints: did pretraining finish?")
     return found[-1]
-
-
-def read_stats(output_dir: str) -> list:
-    with open(os.path.join(output_dir, "json_stats.log")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def test_result(output_dir: str) -> dict:
-    return [s for s in read_stats(output_dir) if s.get("split") == "test_final"][-1]
 
 
 def loss_curve(output_dir: str) -> tuple:
@@ -121,7 +115,8 @@ def run_stages(args) -> dict:
 def collect(args, times: dict) -> dict:
     """Everything the table and the plot show, also written to OUT/summary.json."""
     kinds = ["finetune"] + ([] if args.no_probe else ["probe"])
-    results = {kind: {init: test_result(os.path.join(args.out, f"{kind}_{init}")) for init in INITS} for kind in kinds}
+    results = {kind: {init: final_test_result(os.path.join(args.out, f"{kind}_{init}")) for init in INITS}
+               for kind in kinds}
     with open(os.path.join(args.out, "finetune_scratch", "config.yaml")) as f:
         k = yaml.safe_load(f)["DATA"]["LABELS_PER_CLASS"]  # the merged config the run used
     steps, losses = loss_curve(os.path.join(args.out, "pretrain"))

@@ -83,6 +83,20 @@ class StatsWriter:
             self.tb.close()
 
 
+def read_stats(output_dir: str) -> list:
+    """Every line of a run's ``json_stats.log``, parsed."""
+    with open(os.path.join(output_dir, "json_stats.log")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_test_result(output_dir: str) -> dict:
+    """The last ``test_final`` line of a run (the multi-view test after training); LookupError if it has none."""
+    found = [s for s in read_stats(output_dir) if s.get("split") == "test_final"]
+    if not found:
+        raise LookupError(f"{output_dir}/json_stats.log has no test_final line: did the run finish its test?")
+    return found[-1]
+
+
 class Timer:
     """Wall time since the last ``lap()``."""
 

@@ -1,0 +1,122 @@
+"""tools/compare_methods.py: the grid of cells it runs, resuming, a failing cell, and the table / plot it reports."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+from cli_helpers import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import compare_methods  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _study(tmp_path, *argv):
+    args = compare_methods.parse_args(["--out", str(tmp_path), *argv])
+    return compare_methods.Study(args)
+
+
+def _value(command, key):
+    return command[command.index(key) + 1]
+
+
+def test_plan_pretrains_each_seed_before_its_downstream_cells(tmp_path):
+    study = _study(tmp_path, "--seeds", "0", "1", "--methods", "diffmae", "mae")
+    names = [name for name, _, _ in study.plan()]
+    assert names[:2] == ["pretrain_diffmae_s0", "pretrain_mae_s0"]
+    assert names.index("probe_few_mae_s0") < names.index("pretrain_diffmae_s1")
+    # three downstream protocols from random init and from each method, per seed; no PCA fit without l-DAE
+    assert len(names) == 2 * (2 + 3 * 3)
+    assert not any(name.startswith("fit_pca") for name in names)
+
+
+def test_downstream_cells_read_the_pretrained_checkpoint_and_the_few_labels(tmp_path):
+    study = _study(tmp_path, "--seeds", "3", "--epochs", "7", "--labels-per-class", "2")
+    cells = {name: command for name, command, _ in study.plan()}
+    few = cells["ft_few_diffmae_s3"]
+    assert _value(few, "TRAIN.CHECKPOINT_FILE_PATH") == \
+        os.path.join(str(tmp_path), "diffmae_s3", "checkpoints", "checkpoint_epoch_00007.pyth")
+    assert _value(few, "DATA.LABELS_PER_CLASS") == "2" and _value(few, "DATA.LABELS_SEED") == "3"
+    assert "DATA.LABELS_PER_CLASS" not in cells["ft_full_diffmae_s3"]
+    assert "TRAIN.CHECKPOINT_FILE_PATH" not in cells["ft_few_scratch_s3"]
+    # images are one-frame clips for the video recipes; pretraining runs exactly --epochs epochs
+    assert _value(few, "DATA.NUM_FRAMES") == "1" and _value(few, "DATA.PATH_TO_DATA_DIR") == "demo_data/images"
+    assert _value(cells["pretrain_mae_s3"], "SOLVER.MAX_EPOCH") == "7"
+    # a folded DiT encoder keeps DiT's LayerNorm eps; its probe has no final norm (the DiT half has none)
+    assert _value(cells["ft_full_ldae_s3"], "VIT.NORM_EPS") == "1e-6"
+    assert _value(cells["probe_few_ldae_s3"], "VIT.FINAL_NORM") == "False"
+    assert "VIT.NORM_EPS" not in cells["probe_few_mae_s3"]
+
+
+def test_videos_use_the_video_configs_and_fit_a_missing_pca_first(tmp_path, monkeypatch):
+    study = _study(tmp_path, "--kind", "videos", "--methods", "ldae")
+    monkeypatch.setattr(compare_methods, "pca_file", lambda cfg: "output/no_such_pca.pth")
+    plan = study.plan()
+    assert plan[0][1][:3] == ["tools/fit_pca.py", "--cfg", "configs/demo/ldae_tiny_videos.yaml"]
+    assert _value(plan[1][1], "--cfg") == "configs/demo/ldae_tiny_videos.yaml"
+    assert "DATA.NUM_FRAMES" not in plan[-1][1] and _value(plan[-1][1], "DATA.PATH_TO_DATA_DIR") == "demo_data"
+
+
+def _finish(study, init, protocol, seed, top1):
+    folder = study.downstream_dir(init, protocol, seed)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "json_stats.log"), "w") as f:
+        f.write(json.dumps({"split": "train", "loss": 1.0}) + "\n")
+        f.write(json.dumps({"split": "test_final", "top1_acc": top1}) + "\n")
+
+
+def _finish_pretraining(study, method, seed, pretrained, random_init=30.0, pixels=20.0):
+    folder = study.pretrain_dir(method, seed)
+    os.makedirs(folder, exist_ok=True)
+    probe = {"pretrained": {"val_test_acc": pretrained / 100}, "random_init": {"val_test_acc": random_init / 100},
+             "raw_pixels": {"val_test_acc": pixels / 100}}
+    with open(os.path.join(folder, "study.json"), "w") as f:
+        json.dump({"probe": probe}, f)
+
+
+def test_report_gives_mean_and_spread_over_seeds_and_marks_missing_cells(tmp_path):
+    study = _study(tmp_path, "--seeds", "0", "1", "--methods", "diffmae", "ldae")
+    for seed, value in ((0, 40.0), (1, 44.0)):
+        _finish_pretraining(study, "diffmae", seed, value, random_init=30.0 + seed)
+        _finish(study, "scratch", "ft_few", seed, 20.0 + 2 * seed)
+    _finish(study, "ldae", "ft_few", 0, 50.0)
+    results = compare_methods.collect(study)
+    assert results["diffmae"]["probe_full"] == {0: 40.0, 1: 44.0}
+    assert results["scratch"]["probe_full"] == {0: 30.0, 1: 31.0}
+    text = compare_methods.table(results, study.args)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert "42.0 ± 2.8 (n=2)" in rows["probe, all labels"]
+    assert "21.0 ± 1.4 (n=2)" in rows["fine-tune, 5 per class"] and "50.0 ± 0.0 (n=1)" in rows["fine-tune, 5 per class"]
+    assert "–" in rows["probe, 5 per class"]
+    path = str(tmp_path / "compare.png")
+    compare_methods.plot(results, study.args, path)
+    assert open(path, "rb").read(8) == PNG_MAGIC
+
+
+def test_run_skips_finished_cells_and_survives_a_failing_one(tmp_path, monkeypatch):
+    study = _study(tmp_path, "--methods", "mae")
+    _finish_pretraining(study, "mae", 0, 40.0)
+    _finish(study, "scratch", "ft_full", 0, 60.0)
+    started = []
+
+    def fake_run(command, cwd):
+        started.append(command[1])
+        name = os.path.basename(_value(command, "OUTPUT_DIR"))
+        return types.SimpleNamespace(returncode=3 if name == "ft_few_scratch_s0" else 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    study.run()
+    assert started == ["tools/run_net.py"] * 5  # 7 cells, 2 of them finished
+    walls = json.load(open(tmp_path / "walls.json"))
+    assert walls["ft_few_scratch_s0"] == "failed (3)" and isinstance(walls["probe_few_mae_s0"], float)
+    assert not compare_methods.done(str(tmp_path / "ft_few_scratch_s0" / "json_stats.log"))
+
+
+@pytest.mark.parametrize("lines", [[], [{"split": "train"}]])
+def test_a_run_without_its_final_test_is_not_done(tmp_path, lines):
+    with open(tmp_path / "json_stats.log", "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    assert not compare_methods.done(str(tmp_path / "json_stats.log"))

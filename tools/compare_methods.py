@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""MAE vs DiffMAE vs l-DAE at equal pretraining steps on the demo images or videos (issue #15), every cell one
+command of the real pipeline, printed before it runs.
+
+Per seed and method (same encoder: the demo ViT, 4 blocks of width 96; l-DAE's is the first half of its DiT):
+  pretrain   the method's demo config for --epochs epochs on all train clips, no labels, then the study's logistic
+             regression probe on all train labels (tools/pretrain_study.py: "probe_full", with random init and raw
+             pixels as baselines)
+  ft_full    fine-tuning on all labels (configs/demo/diffmae_tiny_ft.yaml)        -> multi-view test
+  ft_few     fine-tuning on k labels per class (configs/demo/ft_few_labels.yaml)  -> multi-view test
+  probe_few  linear probe on the same k labels (configs/demo/probe_few_labels.yaml) -> multi-view test
+and ft_full / ft_few / probe_few once per seed from random init of the same ViT ("scratch"). The few labels are drawn
+with DATA.LABELS_SEED = the seed. A cell whose result exists is read, not rerun: delete its folder to rerun it.
+Writes OUT/results.json (every cell: top-1, command, wall time), OUT/table.md and OUT/compare.png.
+
+Examples:
+  python tools/compare_methods.py --kind images --epochs 100 --seeds 0 1 2 --out output/compare/images_e100
+  python tools/compare_methods.py --kind videos --epochs 600 --out output/compare/videos_e600   # 15,000 steps
+  python tools/compare_methods.py --kind images --epochs 100 --report-only --out output/compare/images_e100
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from videodiff.engine.logging import final_test_result  # noqa: E402
+
+PRETRAIN_CFGS = {
+    "images": {"diffmae": "configs/demo/diffmae_tiny_images.yaml", "mae": "configs/demo/mae_tiny_images.yaml",
+               "ldae": "configs/demo/ldae_tiny_images.yaml"},
+    "videos": {"diffmae": "configs/demo/diffmae_tiny_long.yaml", "mae": "configs/demo/mae_tiny_long.yaml",
+               "ldae": "configs/demo/ldae_tiny_videos.yaml"},
+}
+DOWNSTREAM_CFGS = {"ft_full": "configs/demo/diffmae_tiny_ft.yaml", "ft_few": "configs/demo/ft_few_labels.yaml",
+                   "probe_few": "configs/demo/probe_few_labels.yaml"}
+# The video configs' downstream recipes read images as one-frame clips with these keys.
+IMAGE_KEYS = ["TRAIN.DATASET", "imagefolder", "TEST.DATASET", "imagefolder", "DATA.NUM_FRAMES", "1",
+              "DATA.SAMPLING_RATE", "1", "VIT.TEMPORAL_PATCH_SIZE", "1"]
+# A ViT that receives a folded DiT encoder uses DiT's LayerNorm eps; the probe reads its blocks without the ViT's
+# final norm, which the DiT half does not have (as configs/demo/ldae_tiny_linprobe.yaml).
+LDAE_KEYS = {"ft_full": ["VIT.NORM_EPS", "1e-6"], "ft_few": ["VIT.NORM_EPS", "1e-6"],
+             "probe_few": ["VIT.NORM_EPS", "1e-6", "VIT.FINAL_NORM", "False"]}
+NAMES = {"scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
+PROTOCOLS = {"probe_full": "probe, all labels", "ft_full": "fine-tune, all labels",
+             "ft_few": "fine-tune, k per class", "probe_few": "probe, k per class"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=sorted(PRETRAIN_CFGS), default="images")
+    parser.add_argument("--epochs", type=int, default=100, help="pretraining epochs (25 steps each on the demo set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", choices=sorted(PRETRAIN_CFGS["images"]),
+                        default=["diffmae", "mae", "ldae"])
+    parser.add_argument("--data", default="demo_data", help="the demo data folder (tools/make_demo_data.py)")
+    parser.add_argument("--labels-per-class", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--report-only", action="store_true", help="only read finished cells and write the report")
+    return parser.parse_args(argv)
+
+
+class Study:
+    """The grid of cells of one comparison; ``run`` fills it, ``results`` reads what is finished."""
+
+    def __init__(self, args):
+        self.args = args
+        self.data_dir = os.path.join(args.data, "images") if args.kind == "images" else args.data
+        self.cells = {}
+
+    def pretrain_dir(self, method: str, seed: int) -> str:
+        return os.path.join(self.args.out, f"{method}_s{seed}")
+
+    def downstream_dir(self, init: str, protocol: str, seed: int) -> str:
+        return os.path.join(self.args.out, f"{protocol}_{init}_s{seed}")
+
+    def command(self, script: str, cfg: str, seed: int, output_dir: str, extra=()) -> list:
+        keys = ["DATA.PATH_TO_DATA_DIR", self.data_dir, "RNG_SEED", str(seed), "TENSORBOARD.ENABLE", "False"]
+        return [script, "--cfg", cfg, *keys, *extra, "OUTPUT_DIR", output_dir]
+
+    def pretrain_command(self, method: str, seed: int) -> list:
+        e = str(self.args.epochs)
+        return self.command("tools/pretrain_study.py", PRETRAIN_CFGS[self.args.kind][method], seed,
+                            self.pretrain_dir(method, seed), ["--sample-steps", "50", "SOLVER.MAX_EPOCH", e,
+                                                              "TRAIN.CHECKPOINT_PERIOD", e])
+
+    def downstream_command(self, init: str, protocol: str, seed: int) -> list:
+        extra = list(IMAGE_KEYS) if self.args.kind == "images" else []
+        extra += ["DATA.LABELS_SEED", str(seed)]
+        if protocol != "ft_full":
+            extra += ["DATA.LABELS_PER_CLASS", str(self.args.labels_per_class)]
+        if init != "scratch":
+            checkpoint = os.path.join(self.pretrain_dir(init, seed), "checkpoints",
+                                      f"checkpoint_epoch_{self.args.epochs:05d}.pyth")
+            extra += ["TRAIN.CHECKPOINT_FILE_PATH", checkpoint] + (LDAE_KEYS[protocol] if init == "ldae" else [])
+        return self.command("tools/run_net.py", DOWNSTREAM_CFGS[protocol], seed,
+                            self.downstream_dir(init, protocol, seed), extra)
+
+    def tokenizer_commands(self) -> list:
+        """fit_pca for an l-DAE config whose PCA file is missing (the pretraining would refuse to start)."""
+        cfg = PRETRAIN_CFGS[self.args.kind]["ldae"]
+        if "ldae" not in self.args.methods or os.path.exists(os.path.join(ROOT, pca_file(cfg))):
+            return []
+        return [["tools/fit_pca.py", "--cfg", cfg, "--num-patches", "200000", "DATA.PATH_TO_DATA_DIR", self.data_dir]]
+
+    def plan(self) -> list:
+        """(cell name, command, result file) in running order: a seed's pretraining, then its downstream cells."""
+        cells = [(f"fit_pca_{i}", c, None) for i, c in enumerate(self.tokenizer_commands())]
+        for seed in self.args.seeds:
+            for method in self.args.methods:
+                out = self.pretrain_dir(method, seed)
+                cells.append((f"pretrain_{method}_s{seed}", self.pretrain_command(method, seed),
+                              os.path.join(out, "study.json")))
+            for init in ["scratch", *self.args.methods]:
+                for protocol in DOWNSTREAM_CFGS:
+                    out = self.downstream_dir(init, protocol, seed)
+                    cells.append((f"{protocol}_{init}_s{seed}", self.downstream_command(init, protocol, seed),
+                                  os.path.join(out, "json_stats.log")))
+        return cells
+
+    def run(self) -> None:
+        log = os.path.join(self.args.out, "walls.json")
+        walls = json.load(open(log)) if os.path.exists(log) else {}
+        for name, command, result in self.plan():
+            if result and done(result):
+                continue
+            print(f"\n== {name}\n$ python {' '.join(command)}", flush=True)
+            tick = time.perf_counter()
+            rc = subprocess.run([sys.executable, *command], cwd=ROOT).returncode
+            walls[name] = round(time.perf_counter() - tick, 1)
+            if rc:  # one failed cell (say, a bad checkpoint) must not cost the hours of the cells after it
+                print(f"== {name} FAILED with exit status {rc}; its cells are left out of the report", flush=True)
+                walls[name] = f"failed ({rc})"
+            with open(log, "w") as f:
+                json.dump(walls, f, indent=1)
+
+
+def pca_file(cfg: str) -> str:
+    """LDAE.TOKENIZER_FILE of an l-DAE config (the demo configs set it themselves, not through _BASE_)."""
+    import yaml  # only here: the rest of the study reads no YAML
+    with open(os.path.join(ROOT, cfg)) as f:
+        return yaml.safe_load(f)["LDAE"]["TOKENIZER_FILE"]
+
+
+def done(result_file: str) -> bool:
+    if result_file.endswith("study.json"):
+        return os.path.exists(result_file)
+    try:
+        final_test_result(os.path.dirname(result_file))
+        return True
+    except (FileNotFoundError, LookupError):
+        return False
+
+
+def collect(study: Study) -> dict:
+    """{init: {protocol: {seed: top-1 %}}} of every finished cell; probe_full of scratch is the study's random init
+    and "pixels" its raw-pixel probe (val + test accuracy of the logistic regression, 200 items)."""
+    out = {}
+    for seed in study.args.seeds:
+        for method in study.args.methods:
+            path = os.path.join(study.pretrain_dir(method, seed), "study.json")
+            if os.path.exists(path):
+                probe = json.load(open(path))["probe"]
+                out.setdefault(method, {}).setdefault("probe_full", {})[seed] = 100 * probe["pretrained"]["val_test_acc"]
+                if method == study.args.methods[0]:  # every study probes the same random init and pixels per seed
+                    out.setdefault("scratch", {}).setdefault("probe_full", {})[seed] = \
+                        100 * probe["random_init"]["val_test_acc"]
+                    out.setdefault("pixels", {}).setdefault("probe_full", {})[seed] = \
+                        100 * probe["raw_pixels"]["val_test_acc"]
+        for init in ["scratch", *study.args.methods]:
+            for protocol in DOWNSTREAM_CFGS:
+                folder = study.downstream_dir(init, protocol, seed)
+                if done(os.path.join(folder, "json_stats.log")):
+                    out.setdefault(init, {}).setdefault(protocol, {})[seed] = final_test_result(folder)["top1_acc"]
+    return out
+
+
+def mean_std(values) -> tuple:
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results: dict, args) -> str:
+    inits = [i for i in ["pixels", "scratch", *args.methods] if i in results]
+    header = "| protocol | " + " | ".join(NAMES.get(i, "raw pixels") for i in inits) + " |"
+    lines = [header, "|" + "---|" * (len(inits) + 1)]
+    for protocol, label in PROTOCOLS.items():
+        cells = []
+        for init in inits:
+            seeds = results.get(init, {}).get(protocol, {})
+            m, s = mean_std(seeds.values()) if seeds else (None, None)
+            cells.append("–" if m is None else f"{m:.1f} ± {s:.1f} (n={len(seeds)})")
+        lines.append(f"| {label.replace('k', str(args.labels_per_class))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, args, path: str) -> None:
+    inits = [i for i in ["scratch", *args.methods] if i in results]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(len(inits), 1)
+    for j, init in enumerate(inits):
+        xs, ms, ss, dots = [], [], [], []
+        for i, protocol in enumerate(PROTOCOLS):
+            seeds = results[init].get(protocol, {})
+            if seeds:
+                x = i - 0.4 + width * (j + 0.5)
+                m, s = mean_std(seeds.values())
+                xs.append(x), ms.append(m), ss.append(s), dots.extend((x, v) for v in seeds.values())
+        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES[init], color=f"C{j}" if init != "scratch" else "0.6")
+        ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="k", zorder=3)
+    ax.axhline(10, color="k", lw=0.8, ls=":", label="chance")
+    labels = [p.replace("k per", f"{args.labels_per_class} per") for p in PROTOCOLS.values()]
+    ax.set_xticks(range(len(PROTOCOLS)), labels)
+    ax.set_ylabel("top-1 (%)")
+    steps = args.epochs * 25
+    ax.set_title(f"demo {args.kind}: {steps:,} pretraining steps per method, seeds {args.seeds} (bars: mean, dots: "
+                 f"seeds)")
+    ax.legend(fontsize=8, ncol=len(inits) + 1, loc="upper left")
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    study = Study(args)
+    if not args.report_only:
+        study.run()
+    results = collect(study)
+    commands = {name: "python " + " ".join(command) for name, command, _ in study.plan()}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "top1": results, "commands": commands}, f, indent=1)
+    text = table(results, args)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    plot(results, args, os.path.join(args.out, "compare.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
