@@ -52,3 +52,16 @@ def test_quick_demo_runs_every_stage_and_reports_both_inits(tmp_path):
         assert f.read(8) == PNG_MAGIC
     assert os.path.isfile(os.path.join(out, "pretrain", "vis", "video_000.png"))
     assert "fine-tuning" in proc.stdout and "linear probe" in proc.stdout and "random init" in proc.stdout
+
+
+def test_pretrain_epochs_lengthen_only_the_pretraining(monkeypatch):
+    commands = {}
+    monkeypatch.setattr(run_demo, "stage", lambda title, args, times: commands.setdefault(title, args))
+    monkeypatch.setattr(run_demo, "newest_checkpoint", lambda output_dir: "ckpt.pyth")
+    run_demo.run_stages(run_demo.parse_args(["--pretrain-epochs", "1200", "--out", "o"]))
+    pretrain = commands["DiffMAE pretraining"]
+    assert pretrain[pretrain.index("SOLVER.MAX_EPOCH") + 1] == "1200"
+    downstream = [args for title, args in commands.items() if "from" in title]
+    assert len(downstream) == 4 and all("SOLVER.MAX_EPOCH" not in args for args in downstream)
+    assert all(args[args.index("TRAIN.CHECKPOINT_FILE_PATH") + 1] == "ckpt.pyth"
+               for title, args in commands.items() if "pretrained" in title)

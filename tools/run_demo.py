@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"labelled clips per class for fine-tuning and probing (default: {FINETUNE_CFG}'s)")
     parser.add_argument("--seed", type=int, default=0, help="RNG_SEED of every stage and DATA.LABELS_SEED of the "
                                                             "labelled subset")
+    parser.add_argument("--pretrain-epochs", type=int, default=None,
+                        help=f"pretraining epochs of 25 steps (default: {PRETRAIN_CFG}'s 20); BENCHMARKS.md says how "
+                             "many it takes to beat random init")
     parser.add_argument("--no-probe", action="store_true", help="skip the linear probes (stage 4)")
     parser.add_argument("--quick", action="store_true", help="tiny data, model and schedule: the tests' version")
     return parser.parse_args(argv)
@@ -96,8 +99,9 @@ def run_stages(args) -> dict:
     small = QUICK_OPTS if quick else []
     pretrain = os.path.join(args.out, "pretrain")
     stage("demo data", ["tools/make_demo_data.py", "--out", args.data, *(QUICK_DATA if quick else [])], times)
+    epochs = [] if args.pretrain_epochs is None else ["SOLVER.MAX_EPOCH", str(args.pretrain_epochs)]
     stage("DiffMAE pretraining", ["tools/run_net.py", "--cfg", PRETRAIN_CFG, *data, "OUTPUT_DIR", pretrain, *small,
-                                  *(QUICK_PRETRAIN if quick else [])], times)
+                                  *(QUICK_PRETRAIN if quick else []), *epochs], times)
     weights = {"pretrained": ["TRAIN.CHECKPOINT_FILE_PATH", newest_checkpoint(pretrain)], "scratch": []}
     downstream = [*data, *small, *(QUICK_DOWNSTREAM if quick else []), *labels]  # the last value of a key wins
     kinds = [("finetune", FINETUNE_CFG, "fine-tuning")] + ([] if args.no_probe else [("probe", PROBE_CFG, "probe")])
