@@ -78,9 +78,10 @@ def _finish_pretraining(study, method, seed, pretrained, random_init=30.0, pixel
 
 
 def test_report_gives_mean_and_spread_over_seeds_and_marks_missing_cells(tmp_path):
-    study = _study(tmp_path, "--seeds", "0", "1", "--methods", "diffmae", "ldae")
+    study = _study(tmp_path, "--seeds", "0", "1", "--methods", "ldae", "diffmae")
     for seed, value in ((0, 40.0), (1, 44.0)):
         _finish_pretraining(study, "diffmae", seed, value, random_init=30.0 + seed)
+        _finish_pretraining(study, "ldae", seed, 35.0, random_init=19.0)  # a DiT at init: not the random baseline
         _finish(study, "scratch", "ft_few", seed, 20.0 + 2 * seed)
     _finish(study, "ldae", "ft_few", 0, 50.0)
     results = compare_methods.collect(study)

@@ -162,16 +162,18 @@ def done(result_file: str) -> bool:
 
 
 def collect(study: Study) -> dict:
-    """{init: {protocol: {seed: top-1 %}}} of every finished cell; probe_full of scratch is the study's random init
-    and "pixels" its raw-pixel probe (val + test accuracy of the logistic regression, 200 items)."""
+    """{init: {protocol: {seed: top-1 %}}} of every finished cell. probe_full is the logistic regression's val + test
+    accuracy (200 items); there "scratch" is the random ViT of a DiffMAE / MAE study (an l-DAE's DiT at init folds
+    to a linear patch embedding, so it stands in only when the study has no other method) and "pixels" raw pixels."""
     out = {}
+    baseline = next((m for m in study.args.methods if m != "ldae"), study.args.methods[0])
     for seed in study.args.seeds:
         for method in study.args.methods:
             path = os.path.join(study.pretrain_dir(method, seed), "study.json")
             if os.path.exists(path):
                 probe = json.load(open(path))["probe"]
                 out.setdefault(method, {}).setdefault("probe_full", {})[seed] = 100 * probe["pretrained"]["val_test_acc"]
-                if method == study.args.methods[0]:  # every study probes the same random init and pixels per seed
+                if method == baseline:  # the same random ViT and pixels in every study of one seed
                     out.setdefault("scratch", {}).setdefault("probe_full", {})[seed] = \
                         100 * probe["random_init"]["val_test_acc"]
                     out.setdefault("pixels", {}).setdefault("probe_full", {})[seed] = \
