@@ -224,8 +224,7 @@ def plot(results: dict, args, path: str) -> None:
     ax.set_xticks(range(len(PROTOCOLS)), labels)
     ax.set_ylabel("top-1 (%)")
     steps = args.epochs * 25
-    ax.set_title(f"demo {args.kind}: {steps:,} pretraining steps per method, seeds {args.seeds} (bars: mean, dots: "
-                 f"seeds)")
+    ax.set_title(f"demo {args.kind}: {steps:,} pretraining steps per method (bars: mean over seeds, dots: each seed)")
     ax.legend(fontsize=8, ncol=len(inits) + 1, loc="upper left")
     ax.set_ylim(0, 100)
     fig.tight_layout()
