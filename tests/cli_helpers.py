@@ -1,10 +1,11 @@
 """Helpers for tests that run the real entry point in subprocesses on a tiny demo set."""
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
+
+from videodiff.engine.logging import read_stats  # noqa: F401  (the tests read run logs as the tools do)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
@@ -46,11 +47,6 @@ def run_net(cfg: str, opts, check: bool = True, timeout: int = 300) -> subproces
     if check and proc.returncode != 0:
         raise AssertionError(f"run_net failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
-
-
-def read_stats(output_dir: str):
-    with open(os.path.join(output_dir, "json_stats.log")) as f:
-        return [json.loads(line) for line in f]
 
 
 def free_port() -> int:
