@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from videodiff.config import load_config  # noqa: E402
 from videodiff.engine.logging import final_test_result  # noqa: E402
 
 PRETRAIN_CFGS = {
@@ -129,7 +130,10 @@ class Study:
 
     def run(self) -> None:
         log = os.path.join(self.args.out, "walls.json")
-        walls = json.load(open(log)) if os.path.exists(log) else {}
+        walls = {}
+        if os.path.exists(log):
+            with open(log) as f:
+                walls = json.load(f)
         for name, command, result in self.plan():
             if result and done(result):
                 continue
@@ -145,10 +149,8 @@ class Study:
 
 
 def pca_file(cfg: str) -> str:
-    """LDAE.TOKENIZER_FILE of an l-DAE config (the demo configs set it themselves, not through _BASE_)."""
-    import yaml  # only here: the rest of the study reads no YAML
-    with open(os.path.join(ROOT, cfg)) as f:
-        return yaml.safe_load(f)["LDAE"]["TOKENIZER_FILE"]
+    """LDAE.TOKENIZER_FILE of an l-DAE config, merged through _BASE_ as a run would read it."""
+    return load_config(os.path.join(ROOT, cfg), []).LDAE.TOKENIZER_FILE
 
 
 def done(result_file: str) -> bool:
@@ -171,7 +173,8 @@ def collect(study: Study) -> dict:
         for method in study.args.methods:
             path = os.path.join(study.pretrain_dir(method, seed), "study.json")
             if os.path.exists(path):
-                probe = json.load(open(path))["probe"]
+                with open(path) as f:
+                    probe = json.load(f)["probe"]
                 out.setdefault(method, {}).setdefault("probe_full", {})[seed] = 100 * probe["pretrained"]["val_test_acc"]
                 if method == baseline:  # the same random ViT and pixels in every study of one seed
                     out.setdefault("scratch", {}).setdefault("probe_full", {})[seed] = \
@@ -223,8 +226,8 @@ def plot(results: dict, args, path: str) -> None:
     labels = [p.replace("k per", f"{args.labels_per_class} per") for p in PROTOCOLS.values()]
     ax.set_xticks(range(len(PROTOCOLS)), labels)
     ax.set_ylabel("top-1 (%)")
-    steps = args.epochs * 25
-    ax.set_title(f"demo {args.kind}: {steps:,} pretraining steps per method (bars: mean over seeds, dots: each seed)")
+    ax.set_title(f"demo {args.kind}: {args.epochs} pretraining epochs per method (bars: mean over seeds, dots: each "
+                 f"seed)")
     ax.legend(fontsize=8, ncol=len(inits) + 1, loc="upper left")
     ax.set_ylim(0, 100)
     fig.tight_layout()

@@ -82,8 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="RNG_SEED of every stage and DATA.LABELS_SEED of the "
                                                             "labelled subset")
     parser.add_argument("--pretrain-epochs", type=int, default=None,
-                        help=f"pretraining epochs of 25 steps (default: {PRETRAIN_CFG}'s 20); BENCHMARKS.md says how "
-                             "many it takes to beat random init")
+                        help=f"pretraining epochs (default: {PRETRAIN_CFG}'s SOLVER.MAX_EPOCH); BENCHMARKS.md says "
+                             "how many it takes to beat random init")
     parser.add_argument("--no-probe", action="store_true", help="skip the linear probes (stage 4)")
     parser.add_argument("--quick", action="store_true", help="tiny data, model and schedule: the tests' version")
     return parser.parse_args(argv)
