@@ -51,6 +51,24 @@ def test_downstream_cells_read_the_pretrained_checkpoint_and_the_few_labels(tmp_
     assert "VIT.NORM_EPS" not in cells["probe_few_mae_s3"]
 
 
+def test_a_variant_study_overrides_the_pretraining_and_runs_only_the_chosen_cells(tmp_path):
+    study = _study(tmp_path, "--seeds", "0", "1", "--methods", "diffmae", "--no-scratch", "--protocols", "ft_full",
+                   "--pretrain-opts", "DIFFUSION.RHO", "1.0", "MASK.RATIO", "0.6")
+    cells = {name: command for name, command, _ in study.plan()}
+    assert sorted(cells) == ["ft_full_diffmae_s0", "ft_full_diffmae_s1", "pretrain_diffmae_s0", "pretrain_diffmae_s1"]
+    pretrain = cells["pretrain_diffmae_s1"]
+    # after the study's own keys, so the variant wins; the output folder stays last
+    assert _value(pretrain, "DIFFUSION.RHO") == "1.0" and _value(pretrain, "MASK.RATIO") == "0.6"
+    assert pretrain.index("DIFFUSION.RHO") > pretrain.index("SOLVER.MAX_EPOCH") and pretrain[-2] == "OUTPUT_DIR"
+    assert "DIFFUSION.RHO" not in cells["ft_full_diffmae_s1"]  # downstream recipes stay as they are
+
+
+def test_pretrain_opts_must_come_in_pairs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _study(tmp_path, "--pretrain-opts", "DIFFUSION.RHO", "1.0", "MASK.RATIO")
+    assert "KEY VALUE pairs; got 3 words" in capsys.readouterr().err
+
+
 def test_videos_use_the_video_configs_and_fit_a_missing_pca_first(tmp_path, monkeypatch):
     study = _study(tmp_path, "--kind", "videos", "--methods", "ldae")
     monkeypatch.setattr(compare_methods, "pca_file", lambda cfg: "output/no_such_pca.pth")

@@ -3,6 +3,10 @@ consumer (the Trainer and its mixup hook, evaluation, the data benchmark) sees t
 
 Fixture media are real: textured H.264 mp4s and PNGs written here and decoded as in training.
 """
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -178,6 +182,39 @@ def test_loader_options_follow_the_config_and_workers_hand_over_uint8(tmp_path):
         set_loader_epoch(loader, 0)
     from_worker, reference = next(iter(off)), next(iter(in_process))
     assert from_worker["clip"].dtype == torch.uint8 and torch.equal(from_worker["clip"], reference["clip"])
+
+
+FRESH_BATCH_FAULTS = textwrap.dedent("""
+    import resource, sys, torch
+    from videodiff.config import load_config
+    from videodiff.data import build_loader
+
+    def faults_of_a_float_batch():  # minor page faults of making (and freeing) a 40 MB float clip batch
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(10 << 20)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_a_float_batch()
+    default = faults_of_a_float_batch()
+    build_loader(load_config(None, ["DATA.PATH_TO_DATA_DIR", sys.argv[1], "DATA_LOADER.NUM_WORKERS", "0",
+                              "TRAIN.BATCH_SIZE", "2"]), "train")
+    for _ in range(2):  # the first batches still grow the heap
+        faults_of_a_float_batch()
+    print(default, faults_of_a_float_batch())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds (worker_memory.py)")
+def test_the_main_process_reuses_freed_batch_buffers_after_building_a_loader(tmp_path):
+    """glibc maps a fresh 40 MB block, page by page, for every batch; once a loader is built the freed block is
+    reused (a fresh process: the test process has long had the setting)."""
+    media(tmp_path)
+    run = subprocess.run([sys.executable, "-c", FRESH_BATCH_FAULTS, str(tmp_path)], capture_output=True, text=True,
+                         check=True)
+    default, kept = map(int, run.stdout.split()[-2:])
+    if default < 2000:
+        pytest.skip(f"this kernel maps fresh memory in large pages ({default} faults per 40 MB): nothing to save")
+    assert kept < default / 20, (default, kept)
 
 
 def test_a_prefetch_factor_below_one_is_refused_naming_the_key():

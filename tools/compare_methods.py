@@ -17,6 +17,9 @@ Examples:
   python tools/compare_methods.py --kind images --epochs 100 --seeds 0 1 2 --out output/compare/images_e100
   python tools/compare_methods.py --kind videos --epochs 600 --out output/compare/videos_e600   # 15,000 steps
   python tools/compare_methods.py --kind images --epochs 100 --report-only --out output/compare/images_e100
+  # a variant of one method (DiffMAE with rho 1.0), only the all-label protocols, random init read from the study above
+  python tools/compare_methods.py --kind images --epochs 100 --seeds 0 1 2 --methods diffmae --no-scratch \
+      --protocols ft_full --pretrain-opts DIFFUSION.RHO 1.0 --out output/compare/images_e100_diffmae_rho1
 """
 import argparse
 import json
@@ -65,9 +68,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=["diffmae", "mae", "ldae"])
     parser.add_argument("--data", default="demo_data", help="the demo data folder (tools/make_demo_data.py)")
     parser.add_argument("--labels-per-class", type=int, default=5)
+    parser.add_argument("--protocols", nargs="+", choices=sorted(DOWNSTREAM_CFGS), default=list(DOWNSTREAM_CFGS),
+                        help="downstream protocols to run (the all-label probe always comes with the pretraining)")
+    parser.add_argument("--no-scratch", action="store_true",
+                        help="skip the random-init downstream cells (a variant study reads them from the main one)")
+    parser.add_argument("--pretrain-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides for every pretraining of this study (a variant: use its own --out)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report-only", action="store_true", help="only read finished cells and write the report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.pretrain_opts) % 2:
+        parser.error(f"--pretrain-opts takes KEY VALUE pairs; got {len(args.pretrain_opts)} words: "
+                     f"{' '.join(args.pretrain_opts)}")
+    return args
 
 
 class Study:
@@ -92,7 +105,7 @@ class Study:
         e = str(self.args.epochs)
         return self.command("tools/pretrain_study.py", PRETRAIN_CFGS[self.args.kind][method], seed,
                             self.pretrain_dir(method, seed), ["--sample-steps", "50", "SOLVER.MAX_EPOCH", e,
-                                                              "TRAIN.CHECKPOINT_PERIOD", e])
+                                                              "TRAIN.CHECKPOINT_PERIOD", e, *self.args.pretrain_opts])
 
     def downstream_command(self, init: str, protocol: str, seed: int) -> list:
         extra = list(IMAGE_KEYS) if self.args.kind == "images" else []
@@ -121,12 +134,16 @@ class Study:
                 out = self.pretrain_dir(method, seed)
                 cells.append((f"pretrain_{method}_s{seed}", self.pretrain_command(method, seed),
                               os.path.join(out, "study.json")))
-            for init in ["scratch", *self.args.methods]:
-                for protocol in DOWNSTREAM_CFGS:
+            for init in self.inits():
+                for protocol in self.args.protocols:
                     out = self.downstream_dir(init, protocol, seed)
                     cells.append((f"{protocol}_{init}_s{seed}", self.downstream_command(init, protocol, seed),
                                   os.path.join(out, "json_stats.log")))
         return cells
+
+    def inits(self) -> list:
+        """Encoders that go downstream: the pretrained methods, after random init unless --no-scratch."""
+        return list(self.args.methods) if self.args.no_scratch else ["scratch", *self.args.methods]
 
     def run(self) -> None:
         log = os.path.join(self.args.out, "walls.json")
@@ -181,8 +198,8 @@ def collect(study: Study) -> dict:
                         100 * probe["random_init"]["val_test_acc"]
                     out.setdefault("pixels", {}).setdefault("probe_full", {})[seed] = \
                         100 * probe["raw_pixels"]["val_test_acc"]
-        for init in ["scratch", *study.args.methods]:
-            for protocol in DOWNSTREAM_CFGS:
+        for init in study.inits():
+            for protocol in study.args.protocols:
                 folder = study.downstream_dir(init, protocol, seed)
                 if done(os.path.join(folder, "json_stats.log")):
                     out.setdefault(init, {}).setdefault(protocol, {})[seed] = final_test_result(folder)["top1_acc"]

@@ -1,4 +1,4 @@
-"""Malloc settings for loader worker processes: keep large freed buffers for the next item.
+"""Malloc settings for the loader's processes (workers and main): keep large freed buffers for the next item.
 
 Every item allocates buffers of the same few sizes: decoded frames (tens of MB for 16 HD frames), the clip
 tensor ``[R, C, T, H, W]`` (38 MB at R=4, 16x224x224). glibc serves blocks above its mmap threshold
