@@ -28,6 +28,14 @@ def test_data_benchmark_reports_loader_floor_backends_and_ends_with_the_ratio(tm
     assert "(a) loader:" in text and "clips/s" in text and "(b) decode floor (decord alone" in text
     assert all(f"(c) {name}" in text for name in ("decord", "pyav", "torchcodec"))
     assert "decoding the R=2 windows separately" in text and "decoding once per clip" in text
+    # (d): every stage of an item timed on its own, and what they leave of the loader's CPU for the hand-over
+    stages = re.search(r"\(d\) stages in one process, CPU ms per original sample \(2 clip\(s\)\): open ([\d.]+), "
+                       r"decode ([\d.]+), transform ([\d.]+), normalise ([\d.]+); the loader's ([\d.]+) leaves "
+                       r"(-?[\d.]+) for the hand-over", text)
+    assert stages, text
+    open_ms, decode_ms, transform_ms, normalise_ms, loader_ms, rest_ms = map(float, stages.groups())
+    assert decode_ms > 0 and transform_ms > 0 and loader_ms > 0
+    assert abs(open_ms + decode_ms + transform_ms + normalise_ms + rest_ms - loader_ms) < 0.5
 
 
 def test_benchmark_help_shows_an_example():

@@ -111,7 +111,7 @@ class KineticsDataset(Dataset):
             if frames is None:
                 self.transform(decode_frames(path, window, self.backend), rng, out=clip)
             else:
-                self.transform(frames, rng, out=clip, rows=_rows(union, window))
+                self.transform(frames, rng, out=clip, rows=rows_in_union(union, window))
         return {"clip": clips, "label": label, "index": index, "view": 0}
 
     def _test_item(self, k: int) -> dict:
@@ -126,7 +126,7 @@ class KineticsDataset(Dataset):
         return {"clip": clip.unsqueeze(0), "label": label, "index": index, "view": view}
 
 
-def _rows(union: List[int], window: List[int]) -> Optional[List[int]]:
+def rows_in_union(union: List[int], window: List[int]) -> Optional[List[int]]:
     """Positions of ``window``'s frames among the decoded ``union``; None when the window is the whole union."""
     if window == union:
         return None

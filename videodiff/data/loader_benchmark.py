@@ -6,6 +6,7 @@
 (b) decode floor: each sample's frame indices (the union of its R windows, drawn exactly as the loader drew
     them) decoded by the backend library itself, nothing else, in as many processes as the loader has workers.
 (c) the same floor for every backend (those that cannot run here say why).
+(d) where the loader's CPU goes: each stage of an item timed in this process (``loader_stages.py``).
 With R = AUG.NUM_SAMPLE > 1, two ways of "decoding R times" for comparison: the floor of decoding each of the R
 windows on its own, and the same loader with every clip decoding its own window (``shared_decode`` off).
 
@@ -24,6 +25,7 @@ import torch
 from videodiff.data.decode_floor import Decoders, floor_jobs
 from videodiff.data.decoding import BACKENDS, backend_problem, open_video
 from videodiff.data.loader import build_loader, set_loader_epoch
+from videodiff.data.loader_stages import stage_costs, stage_line
 from videodiff.data.normalize import ClipNormalizer
 
 Timing = Tuple[float, float]  # (wall seconds, CPU seconds)
@@ -100,10 +102,13 @@ def run_loader(loader, num_batches: int, handover: Optional[Callable[[torch.Tens
         torch.cuda.synchronize()  # the device's normalisation is part of the time
 
 
+def training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def device_handover(cfg) -> Callable[[torch.Tensor], torch.Tensor]:
     """What training does with each batch's clip: copy it to the device (GPU when there is one), normalise it."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    normalize = ClipNormalizer.from_cfg(cfg)
+    device, normalize = training_device(), ClipNormalizer.from_cfg(cfg)
     return lambda clip: normalize(clip, device)
 
 
@@ -142,6 +147,8 @@ def run_data_benchmark(cfg, num_batches: int, repeats: int = 3, log: Callable[[s
         log(f"(b) decode floor ({backend} alone, same frame indices, {processes} process(es)): "
             + _line(result["floor"]))
         result["backends"] = _backend_floors(plan, decoders, repeats, log)
+        result["stages"] = stage_costs(loader.dataset, plan, ClipNormalizer.from_cfg(cfg), training_device())
+        log(stage_line(result["stages"], result["loader"]["cpu_ms"], result["R"]))
         if result["R"] > 1:
             result.update(_repeated_aug(cfg, plan, decoders, num_batches, repeats, result, log))
     finally:
