@@ -115,6 +115,30 @@ def test_report_gives_mean_and_spread_over_seeds_and_marks_missing_cells(tmp_pat
     assert open(path, "rb").read(8) == PNG_MAGIC
 
 
+def test_a_variant_study_becomes_one_more_column_of_the_report(tmp_path):
+    variant_dir = tmp_path / "rho1"
+    variant = _study(variant_dir, "--seeds", "0", "1", "--methods", "diffmae", "--no-scratch")
+    for seed, value in ((0, 36.0), (1, 40.0)):
+        _finish_pretraining(variant, "diffmae", seed, value, random_init=30.0)
+    compare_methods.main(["--out", str(variant_dir), "--seeds", "0", "1", "--methods", "diffmae", "--no-scratch",
+                          "--report-only"])
+    main_dir = tmp_path / "main"
+    study = _study(main_dir, "--seeds", "0", "1", "--methods", "diffmae",
+                   "--with-variant", "DiffMAE rho 1", str(variant_dir))
+    for seed in (0, 1):
+        _finish_pretraining(study, "diffmae", seed, 25.0, random_init=30.0)
+    results = compare_methods.collect(study)
+    compare_methods.add_variants(results, study.args.with_variant)
+    assert results["DiffMAE rho 1"]["probe_full"] == {0: 36.0, 1: 40.0}
+    lines = compare_methods.table(results, study.args).splitlines()
+    assert lines[0].endswith("| DiffMAE | DiffMAE rho 1 |")
+    assert lines[2].endswith("| 25.0 ± 0.0 (n=2) | 38.0 ± 2.8 (n=2) |")
+    two_methods = _study(tmp_path / "both", "--methods", "diffmae", "mae")
+    compare_methods.main(["--out", str(tmp_path / "both"), "--methods", "diffmae", "mae", "--report-only"])
+    with pytest.raises(ValueError, match="needs a study of one method"):
+        compare_methods.add_variants({}, [("x", two_methods.args.out)])
+
+
 def test_run_skips_finished_cells_and_survives_a_failing_one(tmp_path, monkeypatch):
     study = _study(tmp_path, "--methods", "mae")
     _finish_pretraining(study, "mae", 0, 40.0)

@@ -20,6 +20,9 @@ Examples:
   # a variant of one method (DiffMAE with rho 1.0), only the all-label protocols, random init read from the study above
   python tools/compare_methods.py --kind images --epochs 100 --seeds 0 1 2 --methods diffmae --no-scratch \
       --protocols ft_full --pretrain-opts DIFFUSION.RHO 1.0 --out output/compare/images_e100_diffmae_rho1
+  # the main study's report with that variant as one more column
+  python tools/compare_methods.py --kind images --epochs 100 --seeds 0 1 2 --report-only \
+      --with-variant "DiffMAE rho 1.0" output/compare/images_e100_diffmae_rho1 --out output/compare/images_e100
 """
 import argparse
 import json
@@ -54,7 +57,7 @@ IMAGE_KEYS = ["TRAIN.DATASET", "imagefolder", "TEST.DATASET", "imagefolder", "DA
 # final norm, which the DiT half does not have (as configs/demo/ldae_tiny_linprobe.yaml).
 LDAE_KEYS = {"ft_full": ["VIT.NORM_EPS", "1e-6"], "ft_few": ["VIT.NORM_EPS", "1e-6"],
              "probe_few": ["VIT.NORM_EPS", "1e-6", "VIT.FINAL_NORM", "False"]}
-NAMES = {"scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
+NAMES = {"pixels": "raw pixels", "scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
 PROTOCOLS = {"probe_full": "probe, all labels", "ft_full": "fine-tune, all labels",
              "ft_few": "fine-tune, k per class", "probe_few": "probe, k per class"}
 
@@ -76,7 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config overrides for every pretraining of this study (a variant: use its own --out)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--report-only", action="store_true", help="only read finished cells and write the report")
+    parser.add_argument("--with-variant", nargs=2, action="append", default=[], metavar=("LABEL", "DIR"),
+                        help="add a variant study's (--out DIR) method to the report as a column named LABEL")
     args = parser.parse_args(argv)
+    args.variant_labels = [label for label, _ in args.with_variant]
     if len(args.pretrain_opts) % 2:
         parser.error(f"--pretrain-opts takes KEY VALUE pairs; got {len(args.pretrain_opts)} words: "
                      f"{' '.join(args.pretrain_opts)}")
@@ -211,9 +217,21 @@ def mean_std(values) -> tuple:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def add_variants(results: dict, variants) -> None:
+    """Read each (label, folder) variant study's results into ``results`` under its label."""
+    for label, folder in variants:
+        with open(os.path.join(folder, "results.json")) as f:
+            report = json.load(f)
+        methods = report["args"]["methods"]
+        if len(methods) != 1:
+            raise ValueError(f"{folder} compares {', '.join(methods)}; a variant column needs a study of one method")
+        results[label] = {protocol: {int(seed): value for seed, value in seeds.items()}
+                          for protocol, seeds in report["top1"].get(methods[0], {}).items()}
+
+
 def table(results: dict, args) -> str:
-    inits = [i for i in ["pixels", "scratch", *args.methods] if i in results]
-    header = "| protocol | " + " | ".join(NAMES.get(i, "raw pixels") for i in inits) + " |"
+    inits = [i for i in ["pixels", "scratch", *args.methods, *args.variant_labels] if i in results]
+    header = "| protocol | " + " | ".join(NAMES.get(i, i) for i in inits) + " |"
     lines = [header, "|" + "---|" * (len(inits) + 1)]
     for protocol, label in PROTOCOLS.items():
         cells = []
@@ -226,7 +244,7 @@ def table(results: dict, args) -> str:
 
 
 def plot(results: dict, args, path: str) -> None:
-    inits = [i for i in ["scratch", *args.methods] if i in results]
+    inits = [i for i in ["scratch", *args.methods, *args.variant_labels] if i in results]
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(len(inits), 1)
     for j, init in enumerate(inits):
@@ -237,7 +255,7 @@ def plot(results: dict, args, path: str) -> None:
                 x = i - 0.4 + width * (j + 0.5)
                 m, s = mean_std(seeds.values())
                 xs.append(x), ms.append(m), ss.append(s), dots.extend((x, v) for v in seeds.values())
-        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES[init], color=f"C{j}" if init != "scratch" else "0.6")
+        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES.get(init, init), color=f"C{j}" if init != "scratch" else "0.6")
         ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="k", zorder=3)
     ax.axhline(10, color="k", lw=0.8, ls=":", label="chance")
     labels = [p.replace("k per", f"{args.labels_per_class} per") for p in PROTOCOLS.values()]
@@ -259,6 +277,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         study.run()
     results = collect(study)
+    add_variants(results, args.with_variant)
     commands = {name: "python " + " ".join(command) for name, command, _ in study.plan()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "top1": results, "commands": commands}, f, indent=1)
