@@ -82,7 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--with-variant", nargs=2, action="append", default=[], metavar=("LABEL", "DIR"),
                         help="add a variant study's (--out DIR) method to the report as a column named LABEL")
     args = parser.parse_args(argv)
-    args.variant_labels = [label for label, _ in args.with_variant]
     if len(args.pretrain_opts) % 2:
         parser.error(f"--pretrain-opts takes KEY VALUE pairs; got {len(args.pretrain_opts)} words: "
                      f"{' '.join(args.pretrain_opts)}")
@@ -229,8 +228,13 @@ def add_variants(results: dict, variants) -> None:
                           for protocol, seeds in report["top1"].get(methods[0], {}).items()}
 
 
+def columns(results: dict, args, baselines) -> list:
+    """The report's columns in order: ``baselines``, the study's methods, then the --with-variant labels."""
+    return [i for i in [*baselines, *args.methods, *(label for label, _ in args.with_variant)] if i in results]
+
+
 def table(results: dict, args) -> str:
-    inits = [i for i in ["pixels", "scratch", *args.methods, *args.variant_labels] if i in results]
+    inits = columns(results, args, ["pixels", "scratch"])
     header = "| protocol | " + " | ".join(NAMES.get(i, i) for i in inits) + " |"
     lines = [header, "|" + "---|" * (len(inits) + 1)]
     for protocol, label in PROTOCOLS.items():
@@ -244,7 +248,7 @@ def table(results: dict, args) -> str:
 
 
 def plot(results: dict, args, path: str) -> None:
-    inits = [i for i in ["scratch", *args.methods, *args.variant_labels] if i in results]
+    inits = columns(results, args, ["scratch"])
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(len(inits), 1)
     for j, init in enumerate(inits):
@@ -255,7 +259,8 @@ def plot(results: dict, args, path: str) -> None:
                 x = i - 0.4 + width * (j + 0.5)
                 m, s = mean_std(seeds.values())
                 xs.append(x), ms.append(m), ss.append(s), dots.extend((x, v) for v in seeds.values())
-        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES.get(init, init), color=f"C{j}" if init != "scratch" else "0.6")
+        ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES.get(init, init),
+               color=f"C{j}" if init != "scratch" else "0.6")
         ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="k", zorder=3)
     ax.axhline(10, color="k", lw=0.8, ls=":", label="chance")
     labels = [p.replace("k per", f"{args.labels_per_class} per") for p in PROTOCOLS.values()]

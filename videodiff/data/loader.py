@@ -86,8 +86,8 @@ def build_loader(cfg, split: str, rank: int = 0, world_size: int = 1) -> DataLoa
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     batch_size = per_rank_batch_size(cfg, split, world_size)
     # The main process, too, makes buffers of the same few sizes every batch: the float clip of a uint8 batch
-    # normalised on a CPU device (38 MB at batch 4 of 16x224x224, 154 MB at R=4) halves its cost when freed
-    # blocks are reused (``worker_memory.py``; 9.1 -> 4.0 ms per clip measured on the benchmark machine).
+    # normalised on a CPU device (38 MB at batch 4 of 16x224x224, 154 MB at R=4) costs half when freed blocks are
+    # reused (``worker_memory.py``; 9.1 -> 4.0 ms per clip, timed alone on the benchmark machine).
     keep_freed_memory()
     dataset = build_dataset(cfg, split)
     train = split == "train"

@@ -47,9 +47,8 @@ def _one_pass(dataset, plan, normalizer: ClipNormalizer, device: torch.device) -
             normalizer(clip, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        done = time.process_time()
-        for stage, (start, end) in zip(STAGES, [(tick, opened), (opened, decoded), (decoded, transformed),
-                                                (transformed, done)]):
+        marks = (tick, opened, decoded, transformed, time.process_time())  # the bounds of the STAGES, in order
+        for stage, start, end in zip(STAGES, marks, marks[1:]):
             spent[stage] += end - start
     return spent
 
