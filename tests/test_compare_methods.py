@@ -45,6 +45,7 @@ def test_downstream_cells_read_the_pretrained_checkpoint_and_the_few_labels(tmp_
     # images are one-frame clips for the video recipes; pretraining runs exactly --epochs epochs
     assert _value(few, "DATA.NUM_FRAMES") == "1" and _value(few, "DATA.PATH_TO_DATA_DIR") == "demo_data/images"
     assert _value(cells["pretrain_mae_s3"], "SOLVER.MAX_EPOCH") == "7"
+    assert _value(cells["pretrain_mae_s3"], "TRAIN.CHECKPOINT_PERIOD") == "7"
     # a folded DiT encoder keeps DiT's LayerNorm eps; its probe has no final norm (the DiT half has none)
     assert _value(cells["ft_full_ldae_s3"], "VIT.NORM_EPS") == "1e-6"
     assert _value(cells["probe_few_ldae_s3"], "VIT.FINAL_NORM") == "False"
@@ -61,6 +62,13 @@ def test_a_variant_study_overrides_the_pretraining_and_runs_only_the_chosen_cell
     assert _value(pretrain, "DIFFUSION.RHO") == "1.0" and _value(pretrain, "MASK.RATIO") == "0.6"
     assert pretrain.index("DIFFUSION.RHO") > pretrain.index("SOLVER.MAX_EPOCH") and pretrain[-2] == "OUTPUT_DIR"
     assert "DIFFUSION.RHO" not in cells["ft_full_diffmae_s1"]  # downstream recipes stay as they are
+
+
+def test_a_long_pretraining_saves_checkpoints_to_resume_from(tmp_path):
+    long = {name: command for name, command, _ in _study(tmp_path, "--epochs", "600").plan()}
+    # a killed 15,000-step run auto-resumes from its newest checkpoint; the downstream cells read the last one
+    assert _value(long["pretrain_ldae_s0"], "TRAIN.CHECKPOINT_PERIOD") == str(compare_methods.RESUME_PERIOD) == "50"
+    assert _value(long["ft_full_ldae_s0"], "TRAIN.CHECKPOINT_FILE_PATH").endswith("checkpoint_epoch_00600.pyth")
 
 
 def test_pretrain_opts_must_come_in_pairs(tmp_path, capsys):

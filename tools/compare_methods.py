@@ -57,6 +57,7 @@ IMAGE_KEYS = ["TRAIN.DATASET", "imagefolder", "TEST.DATASET", "imagefolder", "DA
 # final norm, which the DiT half does not have (as configs/demo/ldae_tiny_linprobe.yaml).
 LDAE_KEYS = {"ft_full": ["VIT.NORM_EPS", "1e-6"], "ft_few": ["VIT.NORM_EPS", "1e-6"],
              "probe_few": ["VIT.NORM_EPS", "1e-6", "VIT.FINAL_NORM", "False"]}
+RESUME_PERIOD = 50  # epochs between a long pretraining's checkpoints (1,250 steps on the demo set)
 NAMES = {"pixels": "raw pixels", "scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
 PROTOCOLS = {"probe_full": "probe, all labels", "ft_full": "fine-tune, all labels",
              "ft_few": "fine-tune, k per class", "probe_few": "probe, k per class"}
@@ -107,10 +108,13 @@ class Study:
         return [script, "--cfg", cfg, *keys, *extra, "OUTPUT_DIR", output_dir]
 
     def pretrain_command(self, method: str, seed: int) -> list:
-        e = str(self.args.epochs)
+        # A checkpoint every RESUME_PERIOD epochs: a killed long pretraining resumes from it (the same command,
+        # TRAIN.AUTO_RESUME) instead of starting over; the last epoch is always saved.
+        period = str(min(self.args.epochs, RESUME_PERIOD))
         return self.command("tools/pretrain_study.py", PRETRAIN_CFGS[self.args.kind][method], seed,
-                            self.pretrain_dir(method, seed), ["--sample-steps", "50", "SOLVER.MAX_EPOCH", e,
-                                                              "TRAIN.CHECKPOINT_PERIOD", e, *self.args.pretrain_opts])
+                            self.pretrain_dir(method, seed),
+                            ["--sample-steps", "50", "SOLVER.MAX_EPOCH", str(self.args.epochs),
+                             "TRAIN.CHECKPOINT_PERIOD", period, *self.args.pretrain_opts])
 
     def downstream_command(self, init: str, protocol: str, seed: int) -> list:
         extra = list(IMAGE_KEYS) if self.args.kind == "images" else []
