@@ -243,41 +243,49 @@ def run(args) -> int:
     steps_per_log = args.steps_per_log or max(args.steps // 10, 1)
     last = train(model, patches, args.steps, args.batch_patches, args.lr, generator, steps_per_log)
     tokenizer = model.tokenizer(patches)
-    result = evaluate(model, tokenizer, patches)
+    losses = report(args, tokenizer, evaluate(model, tokenizer, patches), eigenvalues, basis, len(patches))
+    losses["last_step_loss"] = last["loss"]
+    save_patch_ae(out, tokenizer, layout, losses, len(patches), source_line(args, cfg, len(patches)),
+                  logvar=model.logvar if args.kind == "vae" else None,
+                  kl_weight=args.kl_weight if args.kind == "vae" else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def report(args, tokenizer: PatchAETokenizer, result: dict, eigenvalues: torch.Tensor, basis: torch.Tensor,
+           num_patches: int) -> dict:
+    """Print the fit against PCA's optimum (and, for a VAE, against the linear VAE's); return the losses to save."""
+    D, d = len(eigenvalues), tokenizer.decoder.shape[0]
     pca_mse = eigenvalues[d:].sum().item() / D
     overlap = span_overlap(tokenizer.decoder, basis[:d])
-
-    print(f"reconstruction MSE per value on the {len(patches):,} fit patches (normalised units; variance per value "
+    print(f"reconstruction MSE per value on the {num_patches:,} fit patches (normalised units; variance per value "
           f"{eigenvalues.sum().item() / D:.4g}):")
     print(f"  {args.kind:<4} d = {d}: {result['recon_mse']:.4g}  (after {args.steps} steps)")
     print(f"  pca  d = {d}: {pca_mse:.4g}  (the optimum of any linear AE at this d)")
     ratio = result["recon_mse"] / pca_mse if pca_mse > 0 else float("inf")
     print(f"  {args.kind} / pca: {ratio:.4g}; decoder span in PCA's top-{d} subspace: {overlap:.4f}")
+    losses = {"recon_mse": result["recon_mse"], "pca_recon_mse": pca_mse, "span_overlap": overlap}
     if args.kind == "vae":
         best, active = vae_optimum(eigenvalues, d, args.kl_weight)
         print(f"  KL {result['kl']:.4g} nats per patch; {result['active']} of {d} latent dimensions carry "
               f"information (KL > {ACTIVE_KL} nats)")
         print(f"  at the linear VAE's optimum for KL weight {args.kl_weight:g}: {best:.4g}, with {active} of {d} "
               f"dimensions (PCA directions of variance > {args.kl_weight / 2:g} kept, shrunk; the rest collapse)")
+        losses["kl"], losses["vae_optimum_recon_mse"] = result["kl"], best
     scale = tokenizer.scale
     print(f"latent scale (RMS of V (x - mean) per component): {scale.min().item():.4g} .. {scale.max().item():.4g}; "
           f"scaled latent variance {result['latent_var'].min().item():.4g} .. {result['latent_var'].max().item():.4g}")
+    return losses
 
-    losses = {"recon_mse": result["recon_mse"], "pca_recon_mse": pca_mse, "span_overlap": overlap,
-              "last_step_loss": last["loss"]}
-    if args.kind == "vae":
-        losses["kl"], losses["vae_optimum_recon_mse"] = result["kl"], best
-    source = (f"tools/fit_tokenizer.py --cfg {args.cfg_file} --kind {args.kind} --steps {args.steps} "
-              f"--batch-patches {args.batch_patches} --lr {args.lr:g}"
-              + (f" --kl-weight {args.kl_weight:g}" if args.kind == "vae" else "")
-              + f" {' '.join(args.overrides)}".rstrip()
-              + f"; train split of {cfg.DATA.PATH_TO_DATA_DIR} ({cfg.TRAIN.DATASET}), RNG_SEED {cfg.RNG_SEED}, "
-              f"{len(patches):,} patches, up to {args.patches_per_clip} per clip")
-    save_patch_ae(out, tokenizer, layout, losses, len(patches), source,
-                  logvar=model.logvar if args.kind == "vae" else None,
-                  kl_weight=args.kl_weight if args.kind == "vae" else None)
-    print(f"wrote {out}")
-    return 0
+
+def source_line(args, cfg, num_patches: int) -> str:
+    """How the file was made, stored in it: the command and the data it read."""
+    return (f"tools/fit_tokenizer.py --cfg {args.cfg_file} --kind {args.kind} --steps {args.steps} "
+            f"--batch-patches {args.batch_patches} --lr {args.lr:g}"
+            + (f" --kl-weight {args.kl_weight:g}" if args.kind == "vae" else "")
+            + f" {' '.join(args.overrides)}".rstrip()
+            + f"; train split of {cfg.DATA.PATH_TO_DATA_DIR} ({cfg.TRAIN.DATASET}), RNG_SEED {cfg.RNG_SEED}, "
+            f"{num_patches:,} patches, up to {args.patches_per_clip} per clip")
 
 
 def main(argv=None) -> int:
