@@ -171,3 +171,34 @@ def test_a_run_without_its_final_test_is_not_done(tmp_path, lines):
     with open(tmp_path / "json_stats.log", "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
     assert not compare_methods.done(str(tmp_path / "json_stats.log"))
+
+
+def test_summary_puts_several_studies_in_one_table_and_one_figure(tmp_path, capsys):
+    import compare_summary
+    short = _study(tmp_path / "short", "--seeds", "0", "1", "--methods", "diffmae")
+    for seed, value in ((0, 40.0), (1, 44.0)):
+        _finish_pretraining(short, "diffmae", seed, value, random_init=30.0)
+        for protocol, top1 in (("ft_full", 60.0), ("ft_few", 30.0), ("probe_few", 20.0 + seed)):
+            _finish(short, "diffmae", protocol, seed, top1)
+            _finish(short, "scratch", protocol, seed, top1 - 10)
+    compare_methods.main(["--out", str(tmp_path / "short"), "--seeds", "0", "1", "--methods", "diffmae",
+                          "--report-only"])
+    long = _study(tmp_path / "long", "--epochs", "600", "--methods", "mae")
+    _finish_pretraining(long, "mae", 0, 50.0)
+    compare_methods.main(["--out", str(tmp_path / "long"), "--epochs", "600", "--methods", "mae", "--report-only"])
+    out = tmp_path / "docs" / "summary.png"
+    compare_summary.main(["--study", "images, 2,500 steps", str(tmp_path / "short"),
+                          "--study", "images, 15,000 steps", str(tmp_path / "long"), "--out", str(out)])
+    lines = open(tmp_path / "docs" / "summary.md").read().splitlines()
+    assert lines[0] == "| study | protocol | raw pixels | random init | DiffMAE | MAE |"
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines[2:]}
+    assert rows[("images, 2,500 steps", "probe, all labels")].endswith("| 42.0 ± 2.8 (n=2) | – |")
+    assert rows[("images, 2,500 steps", "probe, 5 per class")].endswith("| 20.5 ± 0.7 (n=2) | – |")
+    # the mean of the four protocols where all four are finished: random init (30 + 50 + 20 + 10.5) / 4,
+    # DiffMAE (42 + 60 + 30 + 20.5) / 4
+    assert rows[("images, 2,500 steps", "**mean of the four**")].endswith("| **27.6** | **38.1** | – |")
+    assert rows[("images, 15,000 steps", "probe, all labels")].endswith("| 30.0 ± 0.0 (n=1) | – | 50.0 ± 0.0 (n=1) |")
+    assert rows[("images, 15,000 steps", "**mean of the four**")].endswith("| – | – | – | – |")
+    assert open(out, "rb").read(8) == PNG_MAGIC and "| study |" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="compare_methods.py"):
+        compare_summary.load(str(tmp_path / "no_study"))

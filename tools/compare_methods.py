@@ -59,6 +59,7 @@ LDAE_KEYS = {"ft_full": ["VIT.NORM_EPS", "1e-6"], "ft_few": ["VIT.NORM_EPS", "1e
              "probe_few": ["VIT.NORM_EPS", "1e-6", "VIT.FINAL_NORM", "False"]}
 RESUME_PERIOD = 50  # epochs between a long pretraining's checkpoints (1,250 steps on the demo set)
 NAMES = {"pixels": "raw pixels", "scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
+COLORS = {"scratch": "0.6", "diffmae": "C1", "mae": "C2", "ldae": "C3"}  # one colour per method in every figure
 PROTOCOLS = {"probe_full": "probe, all labels", "ft_full": "fine-tune, all labels",
              "ft_few": "fine-tune, k per class", "probe_few": "probe, k per class"}
 
@@ -242,19 +243,33 @@ def table(results: dict, args) -> str:
     header = "| protocol | " + " | ".join(NAMES.get(i, i) for i in inits) + " |"
     lines = [header, "|" + "---|" * (len(inits) + 1)]
     for protocol, label in PROTOCOLS.items():
-        cells = []
-        for init in inits:
-            seeds = results.get(init, {}).get(protocol, {})
-            m, s = mean_std(seeds.values()) if seeds else (None, None)
-            cells.append("–" if m is None else f"{m:.1f} ± {s:.1f} (n={len(seeds)})")
+        cells = [cell(results.get(init, {}).get(protocol, {})) for init in inits]
         lines.append(f"| {label.replace('k', str(args.labels_per_class))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def cell(seeds: dict) -> str:
+    """One table cell: mean ± std over the seeds finished, and how many; "–" when none is."""
+    if not seeds:
+        return "–"
+    m, s = mean_std(seeds.values())
+    return f"{m:.1f} ± {s:.1f} (n={len(seeds)})"
+
+
 def plot(results: dict, args, path: str) -> None:
-    inits = columns(results, args, ["scratch"])
     fig, ax = plt.subplots(figsize=(10, 4))
+    draw(ax, results, columns(results, args, ["scratch"]), args.labels_per_class)
+    ax.set_title(f"demo {args.kind}: {args.epochs} pretraining epochs per method (bars: mean over seeds, dots: each "
+                 f"seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw(ax, results: dict, inits: list, labels_per_class: int) -> None:
+    """Bars (mean over seeds, ± std) and dots (each seed) per protocol for each of ``inits``, on ``ax``."""
     width = 0.8 / max(len(inits), 1)
+    variants = [init for init in inits if init not in COLORS]
     for j, init in enumerate(inits):
         xs, ms, ss, dots = [], [], [], []
         for i, protocol in enumerate(PROTOCOLS):
@@ -264,19 +279,14 @@ def plot(results: dict, args, path: str) -> None:
                 m, s = mean_std(seeds.values())
                 xs.append(x), ms.append(m), ss.append(s), dots.extend((x, v) for v in seeds.values())
         ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES.get(init, init),
-               color=f"C{j}" if init != "scratch" else "0.6")
+               color=COLORS.get(init) or f"C{4 + variants.index(init)}")
         ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="k", zorder=3)
     ax.axhline(10, color="k", lw=0.8, ls=":", label="chance")
-    labels = [p.replace("k per", f"{args.labels_per_class} per") for p in PROTOCOLS.values()]
+    labels = [p.replace("k per", f"{labels_per_class} per") for p in PROTOCOLS.values()]
     ax.set_xticks(range(len(PROTOCOLS)), labels)
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"demo {args.kind}: {args.epochs} pretraining epochs per method (bars: mean over seeds, dots: each "
-                 f"seed)")
     ax.legend(fontsize=8, ncol=len(inits) + 1, loc="upper left")
     ax.set_ylim(0, 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
