@@ -202,3 +202,21 @@ def test_summary_puts_several_studies_in_one_table_and_one_figure(tmp_path, caps
     assert open(out, "rb").read(8) == PNG_MAGIC and "| study |" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="compare_methods.py"):
         compare_summary.load(str(tmp_path / "no_study"))
+
+
+def test_summary_gives_each_column_one_colour_in_every_panel(tmp_path, monkeypatch):
+    """A variant that appears in two studies, in different places among their columns, keeps its colour."""
+    import compare_summary
+    from matplotlib.colors import to_rgba
+    from matplotlib.container import BarContainer
+    cells = {"probe_full": {0: 30.0}}
+    first = ({"scratch": cells, "rho1": cells}, ["pixels", "scratch", "rho1"], 5)
+    second = ({"scratch": cells, "equal FLOPs": cells, "rho1": cells}, ["pixels", "scratch", "equal FLOPs", "rho1"], 5)
+    figures = []
+    monkeypatch.setattr(compare_summary.plt, "close", figures.append)
+    compare_summary.figure([("short", first), ("long", second)], str(tmp_path / "summary.png"))
+    colours = [{c.get_label(): c.patches[0].get_facecolor() for c in ax.containers if isinstance(c, BarContainer)}
+               for ax in figures[0].axes]
+    assert colours[0]["rho1"] == colours[1]["rho1"] == to_rgba("C4")
+    assert colours[1]["equal FLOPs"] == to_rgba("C5")
+    assert colours[0]["random init"] == colours[1]["random init"] == to_rgba(compare_methods.COLORS["scratch"])

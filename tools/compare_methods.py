@@ -266,10 +266,14 @@ def plot(results: dict, args, path: str) -> None:
     plt.close(fig)
 
 
-def draw(ax, results: dict, inits: list, labels_per_class: int) -> None:
-    """Bars (mean over seeds, ± std) and dots (each seed) per protocol for each of ``inits``, on ``ax``."""
+def draw(ax, results: dict, inits: list, labels_per_class: int, variants=None) -> None:
+    """Bars (mean over seeds, ± std) and dots (each seed) per protocol for each of ``inits``, on ``ax``.
+
+    A variant's colour is its place in ``variants`` (default: its place among ``inits``); a figure of several panels
+    passes every panel's variants so that one column keeps one colour throughout.
+    """
     width = 0.8 / max(len(inits), 1)
-    variants = [init for init in inits if init not in COLORS]
+    variants = variants or [init for init in inits if init not in COLORS]
     for j, init in enumerate(inits):
         xs, ms, ss, dots = [], [], [], []
         for i, protocol in enumerate(PROTOCOLS):

@@ -18,7 +18,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_methods import NAMES, PROTOCOLS, cell, draw, mean_std, plt  # noqa: E402  (plt: Agg backend set)
+from compare_methods import COLORS, NAMES, PROTOCOLS, cell, draw, mean_std, plt  # noqa: E402  (plt: Agg backend set)
 
 BASELINES = ["pixels", "scratch"]
 
@@ -53,11 +53,17 @@ def average(by_protocol: dict):
     return statistics.mean(mean_std(by_protocol[protocol].values())[0] for protocol in PROTOCOLS)
 
 
-def table(studies: list) -> str:
-    """Markdown: a block of rows per study (one per protocol, then the mean of the four), a column per encoder."""
+def all_columns(studies: list) -> list:
+    """Every encoder of every study, in order of first appearance: the table's columns and the figure's colours."""
     columns = []
     for _, (_, inits, _) in studies:
         columns += [i for i in inits if i not in columns]
+    return columns
+
+
+def table(studies: list) -> str:
+    """Markdown: a block of rows per study (one per protocol, then the mean of the four), a column per encoder."""
+    columns = all_columns(studies)
     lines = ["| study | protocol | " + " | ".join(NAMES.get(c, c) for c in columns) + " |",
              "|" + "---|" * (len(columns) + 2)]
     for label, (results, _, k) in studies:
@@ -72,8 +78,9 @@ def table(studies: list) -> str:
 
 def figure(studies: list, path: str) -> None:
     fig, axes = plt.subplots(len(studies), 1, figsize=(10, 3.6 * len(studies)), squeeze=False)
+    variants = [c for c in all_columns(studies) if c not in COLORS and c != "pixels"]
     for ax, (label, (results, inits, k)) in zip(axes[:, 0], studies):
-        draw(ax, results, [i for i in inits if i not in ("pixels",)], k)
+        draw(ax, results, [i for i in inits if i != "pixels"], k, variants)
         ax.set_title(f"demo {label} (bars: mean over seeds, dots: each seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
