@@ -79,7 +79,7 @@ def test_pretrain_opts_must_come_in_pairs(tmp_path, capsys):
 
 def test_videos_use_the_video_configs_and_fit_a_missing_pca_first(tmp_path, monkeypatch):
     study = _study(tmp_path, "--kind", "videos", "--methods", "ldae")
-    monkeypatch.setattr(compare_methods, "pca_file", lambda cfg: "output/no_such_pca.pth")
+    monkeypatch.setattr(compare_methods, "pca_file", lambda cfg, opts=(): "output/no_such_pca.pth")
     plan = study.plan()
     assert plan[0][1][:3] == ["tools/fit_pca.py", "--cfg", "configs/demo/ldae_tiny_videos.yaml"]
     assert _value(plan[1][1], "--cfg") == "configs/demo/ldae_tiny_videos.yaml"
@@ -220,3 +220,15 @@ def test_summary_gives_each_column_one_colour_in_every_panel(tmp_path, monkeypat
     assert colours[0]["rho1"] == colours[1]["rho1"] == to_rgba("C4")
     assert colours[1]["equal FLOPs"] == to_rgba("C5")
     assert colours[0]["random init"] == colours[1]["random init"] == to_rgba(compare_methods.COLORS["scratch"])
+
+
+def test_a_tokenizer_variant_fits_its_own_pca_with_the_variant_keys(tmp_path):
+    frame_file = str(tmp_path / "pca_frames.pth")
+    opts = ["LDAE.TOKENIZER_SCOPE", "frame", "LDAE.TOKENIZER_FILE", frame_file]
+    study = _study(tmp_path, "--kind", "videos", "--methods", "ldae", "--no-scratch", "--pretrain-opts", *opts)
+    assert compare_methods.pca_file(compare_methods.PRETRAIN_CFGS["videos"]["ldae"], opts) == frame_file
+    fit, pretrain = study.plan()[:2]
+    assert fit[1][:3] == ["tools/fit_pca.py", "--cfg", "configs/demo/ldae_tiny_videos.yaml"]
+    assert fit[1][-4:] == opts and pretrain[1][-6:-2] == opts
+    open(frame_file, "w").close()  # fitted: the plan goes straight to the pretraining
+    assert study.plan()[0][1][0] == "tools/pretrain_study.py"

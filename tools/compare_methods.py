@@ -130,11 +130,16 @@ class Study:
                             self.downstream_dir(init, protocol, seed), extra)
 
     def tokenizer_commands(self) -> list:
-        """fit_pca for an l-DAE config whose PCA file is missing (the pretraining would refuse to start)."""
-        cfg = PRETRAIN_CFGS[self.args.kind]["ldae"]
-        if "ldae" not in self.args.methods or os.path.exists(os.path.join(ROOT, pca_file(cfg))):
+        """fit_pca for an l-DAE config whose PCA file is missing (the pretraining would refuse to start).
+
+        The fit reads --pretrain-opts too, so a variant of the tokenizer (say ``LDAE.TOKENIZER_SCOPE frame`` with its
+        own ``LDAE.TOKENIZER_FILE``) gets its own PCA.
+        """
+        cfg, opts = PRETRAIN_CFGS[self.args.kind]["ldae"], list(self.args.pretrain_opts)
+        if "ldae" not in self.args.methods or os.path.exists(os.path.join(ROOT, pca_file(cfg, opts))):
             return []
-        return [["tools/fit_pca.py", "--cfg", cfg, "--num-patches", "200000", "DATA.PATH_TO_DATA_DIR", self.data_dir]]
+        return [["tools/fit_pca.py", "--cfg", cfg, "--num-patches", "200000", "DATA.PATH_TO_DATA_DIR", self.data_dir,
+                 *opts]]
 
     def plan(self) -> list:
         """(cell name, command, result file) in running order: a seed's pretraining, then its downstream cells."""
@@ -175,9 +180,9 @@ class Study:
                 json.dump(walls, f, indent=1)
 
 
-def pca_file(cfg: str) -> str:
-    """LDAE.TOKENIZER_FILE of an l-DAE config, merged through _BASE_ as a run would read it."""
-    return load_config(os.path.join(ROOT, cfg), []).LDAE.TOKENIZER_FILE
+def pca_file(cfg: str, opts=()) -> str:
+    """LDAE.TOKENIZER_FILE of an l-DAE config with ``opts``, merged through _BASE_ as a run would read it."""
+    return load_config(os.path.join(ROOT, cfg), list(opts)).LDAE.TOKENIZER_FILE
 
 
 def done(result_file: str) -> bool:
