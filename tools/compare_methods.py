@@ -254,11 +254,12 @@ def table(results: dict, args) -> str:
 
 
 def cell(seeds: dict) -> str:
-    """One table cell: mean ± std over the seeds finished, and how many; "–" when none is."""
+    """One table cell: mean ± std over the seeds finished, and how many; "–" when none is. One seed has no spread to
+    show, so its cell is the value alone rather than a misleading "± 0.0"."""
     if not seeds:
         return "–"
     m, s = mean_std(seeds.values())
-    return f"{m:.1f} ± {s:.1f} (n={len(seeds)})"
+    return f"{m:.1f} (n=1)" if len(seeds) == 1 else f"{m:.1f} ± {s:.1f} (n={len(seeds)})"
 
 
 def plot(results: dict, args, path: str) -> None:
