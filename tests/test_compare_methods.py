@@ -222,6 +222,21 @@ def test_summary_gives_each_column_one_colour_in_every_panel(tmp_path, monkeypat
     assert colours[0]["random init"] == colours[1]["random init"] == to_rgba(compare_methods.COLORS["scratch"])
 
 
+def test_variant_colours_are_distinct_and_never_grey_like_random_init():
+    """The fourth variant once drew in C7, a grey next to random init's grey (the session-11 summary figure)."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.container import BarContainer
+    cells = {"probe_full": {0: 30.0}}
+    inits = ["scratch", "ldae", "v1", "v2", "v3", "v4", "v5"]
+    fig, ax = compare_methods.plt.subplots()
+    compare_methods.draw(ax, {init: cells for init in inits}, inits, 5)
+    colours = {c.get_label(): to_rgb(c.patches[0].get_facecolor()) for c in ax.containers
+               if isinstance(c, BarContainer)}
+    compare_methods.plt.close(fig)
+    assert len(set(colours.values())) == len(inits)
+    assert all(len(set(colours[v])) > 1 for v in ("v1", "v2", "v3", "v4", "v5"))  # r = g = b is a grey
+
+
 def test_a_tokenizer_variant_fits_its_own_pca_with_the_variant_keys(tmp_path):
     frame_file = str(tmp_path / "pca_frames.pth")
     opts = ["LDAE.TOKENIZER_SCOPE", "frame", "LDAE.TOKENIZER_FILE", frame_file]

@@ -60,6 +60,8 @@ LDAE_KEYS = {"ft_full": ["VIT.NORM_EPS", "1e-6"], "ft_few": ["VIT.NORM_EPS", "1e
 RESUME_PERIOD = 50  # epochs between a long pretraining's checkpoints (1,250 steps on the demo set)
 NAMES = {"pixels": "raw pixels", "scratch": "random init", "diffmae": "DiffMAE", "mae": "MAE", "ldae": "l-DAE"}
 COLORS = {"scratch": "0.6", "diffmae": "C1", "mae": "C2", "ldae": "C3"}  # one colour per method in every figure
+# variants take the rest of the default cycle in order, skipping C7 (grey), which reads as random init's grey
+VARIANT_COLORS = ["C4", "C5", "C6", "C8", "C9", "C0"]
 PROTOCOLS = {"probe_full": "probe, all labels", "ft_full": "fine-tune, all labels",
              "ft_few": "fine-tune, k per class", "probe_few": "probe, k per class"}
 
@@ -289,7 +291,7 @@ def draw(ax, results: dict, inits: list, labels_per_class: int, variants=None) -
                 m, s = mean_std(seeds.values())
                 xs.append(x), ms.append(m), ss.append(s), dots.extend((x, v) for v in seeds.values())
         ax.bar(xs, ms, width, yerr=ss, capsize=3, label=NAMES.get(init, init),
-               color=COLORS.get(init) or f"C{4 + variants.index(init)}")
+               color=COLORS.get(init) or VARIANT_COLORS[variants.index(init) % len(VARIANT_COLORS)])
         ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color="k", zorder=3)
     ax.axhline(10, color="k", lw=0.8, ls=":", label="chance")
     labels = [p.replace("k per", f"{labels_per_class} per") for p in PROTOCOLS.values()]
